@@ -1,0 +1,164 @@
+"""The whole calsched exception tree, in one place.
+
+::
+
+    CalschedError
+    ├── InvalidInputError (ValueError)        malformed wire input; names the bad field
+    ├── ConfigError (ValueError)              bad settings or configuration file
+    ├── InvalidTransitionError (RuntimeError) a trigger the slot's state does not allow
+    ├── NoActiveSlotError (LookupError)       the agent has no current slot
+    ├── StaleSlotError (RuntimeError)         a tool call named a slot that is not current
+    ├── AgentBusyError (RuntimeError)         dispatch while the agent has a current slot
+    ├── SlotNotFoundError (LookupError)       no such slot in the journal
+    ├── JournalError (RuntimeError)           the database cannot be used
+    │   └── SchemaVersionError                the database schema is older or newer than the code
+    └── BackendError (RuntimeError)           a call to the calendar backend failed
+        ├── BackendRefusedError               401/403: the API key is refused
+        ├── BackendRejectedError              404/400/422: the backend cannot take the request
+        ├── BackendConflictError              409: the backend holds another terminal status
+        └── BackendUnavailableError           a passing fault: 408, 429, 5xx, network, timeout
+
+Every error builds its sentence from its fields, so callers raise
+``InvalidTransitionError(slot_id, state, trigger)`` and never format messages themselves.
+No error ever carries a secret (API key, token) in its text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentBusyError",
+    "BackendConflictError",
+    "BackendError",
+    "BackendRefusedError",
+    "BackendRejectedError",
+    "BackendUnavailableError",
+    "CalschedError",
+    "ConfigError",
+    "InvalidInputError",
+    "InvalidTransitionError",
+    "JournalError",
+    "NoActiveSlotError",
+    "SchemaVersionError",
+    "SlotNotFoundError",
+    "StaleSlotError",
+]
+
+
+class CalschedError(Exception):
+    """Base of every error calsched raises on purpose."""
+
+
+class InvalidInputError(CalschedError, ValueError):
+    """Wire input failed validation; ``field`` names the first bad field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"invalid input: {field}: {problem}")
+
+
+class ConfigError(CalschedError, ValueError):
+    """The configuration (file, environment or flags) is not usable."""
+
+
+class InvalidTransitionError(CalschedError, RuntimeError):
+    """A trigger that the slot's current state does not allow; nothing was written."""
+
+    def __init__(self, slot_id: str, state: str, trigger: str) -> None:
+        self.slot_id = slot_id
+        self.state = state
+        self.trigger = trigger
+        super().__init__(f"slot {slot_id!r} is {state}: {trigger!r} is not allowed from there")
+
+
+class NoActiveSlotError(CalschedError, LookupError):
+    """The agent has no current slot to act on."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"agent {agent_id!r} has no active slot")
+
+
+class StaleSlotError(CalschedError, RuntimeError):
+    """A tool call named a slot that is no longer the agent's current one (fencing)."""
+
+    def __init__(self, agent_id: str, slot_id: str, current: str | None) -> None:
+        self.agent_id = agent_id
+        self.slot_id = slot_id
+        self.current = current
+        now = f"its current slot is {current!r}" if current else "it has no current slot"
+        super().__init__(f"slot {slot_id!r} is not agent {agent_id!r}'s current slot; {now}")
+
+
+class AgentBusyError(CalschedError, RuntimeError):
+    """A dispatch for an agent that already has a current slot."""
+
+    def __init__(self, agent_id: str, current: str) -> None:
+        self.agent_id = agent_id
+        self.current = current
+        super().__init__(f"agent {agent_id!r} already has current slot {current!r}")
+
+
+class SlotNotFoundError(CalschedError, LookupError):
+    """No slot by that id in the journal."""
+
+    def __init__(self, slot_id: str) -> None:
+        self.slot_id = slot_id
+        super().__init__(f"no slot by the id of {slot_id!r} was found")
+
+
+class JournalError(CalschedError, RuntimeError):
+    """The journal database cannot be used (unreachable, locked, corrupt)."""
+
+
+class SchemaVersionError(JournalError):
+    """The database schema is not the one this code expects."""
+
+    def __init__(self, found: str | None, expected: str) -> None:
+        self.found = found
+        self.expected = expected
+        if found is None:
+            msg = (
+                f"the database has no calsched schema; run `calsched db upgrade` (want {expected})"
+            )
+        else:
+            msg = (
+                f"the database schema is at revision {found}, this calsched expects {expected}; "
+                "upgrade calsched or run `calsched db upgrade`"
+            )
+        super().__init__(msg)
+
+
+class BackendError(CalschedError, RuntimeError):
+    """A call to the calendar backend failed."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class BackendRefusedError(BackendError):
+    """The backend refused the API key (401/403)."""
+
+
+class BackendRejectedError(BackendError):
+    """The backend cannot take this request (404/400/422); retrying will not help."""
+
+
+class BackendConflictError(BackendError):
+    """409: the backend already holds another terminal status for the slot."""
+
+    def __init__(self, message: str, *, status: str, reason: str | None) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message, status_code=409)
+
+
+class BackendUnavailableError(BackendError):
+    """A passing fault (408, 429, 5xx, network error, timeout); worth retrying."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status_code=status_code)

@@ -1,0 +1,88 @@
+"""Engine set-up: SQLite pragmas, ``BEGIN IMMEDIATE`` for writes, hidden parameters.
+
+Every pooled SQLite connection gets WAL, the configured ``synchronous`` level, a busy
+timeout and foreign keys in a ``connect`` listener. pysqlite's own transaction handling is
+turned off so that SQLAlchemy's ``begin`` event can emit ``BEGIN IMMEDIATE`` on write
+transactions: a deferred read-then-write transaction fails at once with "database is
+locked" when another process writes, where an immediate one waits for the busy timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from calsched.errors import ConfigError
+
+__all__ = ["WRITE", "Synchronous", "make_engine"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+#: Execution option that marks a connection's next transaction as a write.
+WRITE = "calsched_write"
+
+
+def make_engine(
+    url: str,
+    *,
+    synchronous: Synchronous = "FULL",
+    busy_timeout_ms: int = 5000,
+    echo: bool = False,
+) -> Engine:
+    """Create an engine for ``url`` with calsched's safety settings.
+
+    Raises :class:`ConfigError` for a URL SQLAlchemy cannot parse; the URL (which may hold
+    a password) is not repeated in the message.
+    """
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(
+            f"sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
+        )
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("the database URL cannot be parsed") from None
+    kwargs: dict[str, Any] = {"hide_parameters": True, "echo": echo}
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        # The scheduler writes from its journal thread; readers may use other threads.
+        kwargs["connect_args"] = {"check_same_thread": False}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except Exception as exc:  # a missing driver, a bad option: one clear line
+        raise ConfigError(f"cannot use the database URL: {type(exc).__name__}") from None
+    if sqlite:
+        _configure_sqlite(
+            engine, synchronous, busy_timeout_ms, memory=parsed.database in (None, "", ":memory:")
+        )
+    return engine
+
+
+def _configure_sqlite(
+    engine: Engine, synchronous: str, busy_timeout_ms: int, *, memory: bool
+) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event own BEGIN; pysqlite's implicit BEGIN is deferred.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(WRITE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,208 @@
+"""The database schema, as SQLAlchemy Core tables. Alembic migrations own the real DDL;
+``tests/test_migrations.py`` proves these tables match what the migrations build.
+
+Tables:
+
+- ``events``: append-only journal, one row per fired trigger.
+- ``slots``: projection, one row per (identifier, slot_id); a cache of the fold of events.
+- ``outbox``: one row per state change the backend must hear, until it is acknowledged.
+- ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
+  backend serves, kept in the same database so a quickstart needs one file.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "ACTIVE_SLOTS_VIEW",
+    "NAMING_CONVENTION",
+    "SLOT_HISTORY_VIEW",
+    "UTCDateTime",
+    "calendar_receipts",
+    "calendar_slots",
+    "events",
+    "metadata",
+    "outbox",
+    "slots",
+]
+
+#: Constraint names are derived, never left to the database, so migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+_STATES = "'pending','dispatching','in_progress','paused','completed','aborted'"
+
+# SQLite's autoincrement needs INTEGER PRIMARY KEY; elsewhere a 64-bit sequence.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database.
+
+    SQLite has no time zones: values are stored as naive UTC and come back tagged UTC.
+    PostgreSQL stores ``timestamptz``. Either way Python code only sees aware UTC times.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to UTC (naive input is taken as UTC)."""
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Tag naive results as UTC."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("identifier", String(256), nullable=False),
+    Column("slot_id", String(256), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("agent_id", String(256), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(16), nullable=False),
+    Column("state_from", String(16), nullable=True),
+    Column("state_to", String(16), nullable=False),
+    Column("summary", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    CheckConstraint(f"state_to IN ({_STATES})", name="state_to"),
+    CheckConstraint("attempt >= 1", name="attempt"),
+    Index("ix_events_slot", "identifier", "slot_id", "seq"),
+    Index("ix_events_recorded_at", "recorded_at"),
+)
+
+slots = Table(
+    "slots",
+    metadata,
+    Column("identifier", String(256), primary_key=True),
+    Column("slot_id", String(256), primary_key=True),
+    Column("agent_id", String(256), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("slot", JSON, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime, nullable=True),
+    Column("summary", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("last_seq", SeqType, nullable=False),
+    CheckConstraint(f"state IN ({_STATES})", name="state"),
+    Index("ix_slots_state", "identifier", "state"),
+    Index("ix_slots_agent", "identifier", "agent_id", "state"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("event_seq", SeqType, ForeignKey("events.seq"), nullable=False, unique=True),
+    Column("idempotency_key", String(36), nullable=False),
+    Column("identifier", String(256), nullable=False),
+    Column("slot_id", String(256), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("summary", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("tries", Integer, nullable=False, default=0),
+    Column("next_try_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("dead_at", UTCDateTime, nullable=True),
+    CheckConstraint("status IN ('in_progress','paused','completed','aborted')", name="status"),
+    Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "next_try_at"),
+    Index("ix_outbox_slot", "identifier", "slot_id", "id"),
+)
+
+calendar_slots = Table(
+    "calendar_slots",
+    metadata,
+    Column("id", String(256), primary_key=True),
+    Column("agent_id", String(256), nullable=False),
+    Column("title", Text, nullable=True),
+    Column("prompt_text", Text, nullable=True),
+    Column("fire_at", UTCDateTime, nullable=False),
+    Column("wake_options", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("holder", String(256), nullable=True),
+    Column("summary", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(
+        "status IN ('scheduled','fired','in_progress','paused','completed','aborted')",
+        name="status",
+    ),
+    Index("ix_calendar_slots_due", "status", "fire_at"),
+)
+
+calendar_receipts = Table(
+    "calendar_receipts",
+    metadata,
+    Column("idempotency_key", String(128), primary_key=True),
+    Column("slot_id", String(256), nullable=False),
+    Column("identifier", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+#: Every fired trigger in order, without the JSON payload: the auditor's main table.
+SLOT_HISTORY_VIEW = """
+CREATE VIEW slot_history AS
+SELECT seq, recorded_at, identifier, slot_id, attempt, agent_id, kind, actor,
+       state_from, state_to, summary, reason
+FROM events
+"""
+
+#: Slots not yet completed or aborted, with their agent and timestamps.
+ACTIVE_SLOTS_VIEW = """
+CREATE VIEW active_slots AS
+SELECT identifier, slot_id, agent_id, state, attempt, received_at, started_at, updated_at
+FROM slots
+WHERE state NOT IN ('completed', 'aborted')
+"""

@@ -1,0 +1,667 @@
+"""The journal: one transaction per transition, or per batch of transitions.
+
+Every write goes through :meth:`Journal.apply_many`: it reads the slots it touches inside a
+``BEGIN IMMEDIATE`` transaction, decides each transition with the shared state machine,
+appends the events, updates the ``slots`` projection with :func:`~calsched.journal.replay.project`
+and adds an ``outbox`` row for each change the backend must hear, then commits once. An
+invalid transition raises before anything is written, and the whole batch rolls back.
+
+Keeping the write path in this one method is deliberate: group commit, failpoints for the
+crash harness, and a lease per identifier are changes here, not everywhere.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from calsched.errors import AgentBusyError, InvalidTransitionError, JournalError, SlotNotFoundError
+from calsched.journal import migrate
+from calsched.journal.engine import WRITE, Synchronous, make_engine
+from calsched.journal.replay import Mismatch, diff, fold, project
+from calsched.journal.schema import events, outbox, slots
+from calsched.lifecycle import SLOT_MACHINE
+from calsched.model import (
+    ACTIVE_STATES,
+    CURRENT_STATES,
+    REPORTED_STATES,
+    Actor,
+    Event,
+    Slot,
+    SlotState,
+    SlotView,
+    Trigger,
+    parse,
+    utcnow,
+)
+
+__all__ = ["Journal", "OutboxCounts", "OutboxRow", "TransitionRequest"]
+
+Clock = Callable[[], datetime]
+_ACTIVE = sorted(s.value for s in ACTIVE_STATES)
+_CURRENT = sorted(s.value for s in CURRENT_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRequest:
+    """A trigger to fire on one slot, with who fires it and why.
+
+    ``slot`` is required for ``receive``; ``target`` for ``reconcile``. ``attempt``, when
+    given, fences the request: it fails if the slot has moved on to another attempt.
+    """
+
+    slot_id: str
+    trigger: Trigger
+    actor: Actor
+    slot: Slot | None = None
+    target: SlotState | None = None
+    summary: str | None = None
+    reason: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One state change waiting to be told to the backend."""
+
+    id: int
+    event_seq: int
+    idempotency_key: str
+    identifier: str
+    slot_id: str
+    attempt: int
+    status: SlotState
+    summary: str | None
+    reason: str | None
+    occurred_at: datetime
+    tries: int
+    next_try_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+    dead_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCounts:
+    """How many outbox rows wait for delivery, and how many are dead-lettered."""
+
+    pending: int
+    dead: int
+
+
+def _notifies(trigger: Trigger, state_to: SlotState) -> bool:
+    # The backend hears every change to a reported state, except a reconcile: that status
+    # came from the backend in the first place.
+    return state_to in REPORTED_STATES and trigger is not Trigger.reconcile
+
+
+class Journal:
+    """The event log of one identifier (one host) in a SQL database.
+
+    Synchronous and thread-safe per call; the scheduler calls it from one thread.
+    """
+
+    def __init__(self, engine: Engine, identifier: str, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.identifier = identifier
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        identifier: str,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_ms: int = 5000,
+        upgrade: bool = False,
+        clock: Clock = utcnow,
+    ) -> Journal:
+        """Connect, check (or with ``upgrade``, migrate) the schema, and return a journal.
+
+        Raises :class:`~calsched.errors.SchemaVersionError` when the schema is not at this
+        code's head, and :class:`~calsched.errors.JournalError` when the database cannot
+        be reached.
+        """
+        engine = make_engine(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        try:
+            if upgrade:
+                found = migrate.current_revision(engine)
+                if found is not None and found != migrate.head_revision():
+                    # An unknown (newer) revision must not be "upgraded" by older code.
+                    migrate.check_known(found)
+                migrate.upgrade(engine)
+            migrate.check_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, identifier, clock=clock)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{WRITE: True})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise JournalError(f"journal write failed: {_describe(exc)}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise JournalError(f"journal read failed: {_describe(exc)}") from None
+
+    # -- the write path -----------------------------------------------------------------
+
+    def apply(self, request: TransitionRequest) -> Event:
+        """Fire one transition in its own transaction; return the appended event."""
+        return self.apply_many([request])[0]
+
+    def apply_many(self, requests: Sequence[TransitionRequest]) -> list[Event]:
+        """Fire many transitions in one transaction, all or none.
+
+        Raises :class:`InvalidTransitionError`, :class:`SlotNotFoundError` or
+        :class:`AgentBusyError` before anything is written.
+        """
+        if not requests:
+            return []
+        with self._write() as conn:
+            return self._apply_in(conn, requests)
+
+    def _apply_in(self, conn: Connection, requests: Sequence[TransitionRequest]) -> list[Event]:
+        now = self._clock()
+        ids = sorted({r.slot_id for r in requests})
+        views: dict[str, SlotView] = {
+            v.slot_id: v for v in self._select_views(conn, slots.c.slot_id.in_(ids), lock=True)
+        }
+        existed = set(views)
+        appended: list[Event] = []
+        for request in requests:
+            view = views.get(request.slot_id)
+            event = self._decide(conn, request, view, views, now)
+            seq = conn.execute(
+                insert(events).returning(events.c.seq),
+                {
+                    "event_id": event.event_id,
+                    "identifier": event.identifier,
+                    "slot_id": event.slot_id,
+                    "attempt": event.attempt,
+                    "agent_id": event.agent_id,
+                    "kind": event.kind.value,
+                    "actor": event.actor.value,
+                    "state_from": event.state_from.value if event.state_from else None,
+                    "state_to": event.state_to.value,
+                    "summary": event.summary,
+                    "reason": event.reason,
+                    "payload": dict(event.payload),
+                    "recorded_at": event.recorded_at,
+                },
+            ).scalar_one()
+            event = _with_seq(event, seq)
+            views[request.slot_id] = project(view, event)
+            if _notifies(event.kind, event.state_to):
+                conn.execute(
+                    insert(outbox),
+                    {
+                        "event_seq": seq,
+                        "idempotency_key": event.event_id,
+                        "identifier": event.identifier,
+                        "slot_id": event.slot_id,
+                        "attempt": event.attempt,
+                        "status": event.state_to.value,
+                        "summary": event.summary,
+                        "reason": event.reason,
+                        "occurred_at": event.recorded_at,
+                        "tries": 0,
+                        "next_try_at": event.recorded_at,
+                    },
+                )
+            appended.append(event)
+        for slot_id in {e.slot_id for e in appended}:
+            self._store_view(conn, views[slot_id], exists=slot_id in existed)
+        return appended
+
+    def _decide(
+        self,
+        conn: Connection,
+        request: TransitionRequest,
+        view: SlotView | None,
+        views: Mapping[str, SlotView],
+        now: datetime,
+    ) -> Event:
+        if request.trigger is Trigger.receive:
+            if request.slot is None or request.slot.id != request.slot_id:
+                raise ValueError("receive needs the slot itself, with the same id")
+        elif view is None:
+            raise SlotNotFoundError(request.slot_id)
+        state = view.state if view else None
+        if request.attempt is not None and view is not None and view.attempt != request.attempt:
+            raise InvalidTransitionError(
+                request.slot_id,
+                f"{_label(state)} (attempt {view.attempt}, not {request.attempt})",
+                request.trigger.value,
+            )
+        step = SLOT_MACHINE.fire(
+            request.slot_id, state, request.trigger, request.actor, target=request.target
+        )
+        if request.trigger is Trigger.receive:
+            assert request.slot is not None
+            agent_id = request.slot.agent_id
+            attempt = view.attempt + 1 if view else 1
+            payload: dict[str, Any] = {**request.payload, "slot": request.slot.to_wire()}
+        else:
+            assert view is not None
+            agent_id, attempt, payload = view.agent_id, view.attempt, dict(request.payload)
+        if step.state_to in CURRENT_STATES and state not in CURRENT_STATES:
+            # At most one current slot per agent: the journal enforces it, not only callers.
+            busy = self._current_for_agent(conn, agent_id, views, exclude=request.slot_id)
+            if busy is not None:
+                raise AgentBusyError(agent_id, busy)
+        return Event(
+            event_id=str(uuid.uuid4()),
+            identifier=self.identifier,
+            slot_id=request.slot_id,
+            attempt=attempt,
+            agent_id=agent_id,
+            kind=request.trigger,
+            actor=request.actor,
+            state_from=step.state_from,
+            state_to=step.state_to,
+            recorded_at=now,
+            summary=request.summary,
+            reason=request.reason,
+            payload=payload,
+        )
+
+    def _current_for_agent(
+        self, conn: Connection, agent_id: str, views: Mapping[str, SlotView], *, exclude: str
+    ) -> str | None:
+        # Slots already touched in this batch are judged by their in-batch state.
+        for view in views.values():
+            if (
+                view.agent_id == agent_id
+                and view.slot_id != exclude
+                and view.state in CURRENT_STATES
+            ):
+                return view.slot_id
+        rows = conn.execute(
+            select(slots.c.slot_id).where(
+                slots.c.identifier == self.identifier,
+                slots.c.agent_id == agent_id,
+                slots.c.state.in_(_CURRENT),
+                slots.c.slot_id != exclude,
+            )
+        ).scalars()
+        for slot_id in rows:
+            if slot_id not in views:
+                return str(slot_id)
+        return None
+
+    def _store_view(self, conn: Connection, view: SlotView, *, exists: bool) -> None:
+        values = _view_values(view)
+        if exists:
+            conn.execute(
+                update(slots)
+                .where(slots.c.identifier == view.identifier, slots.c.slot_id == view.slot_id)
+                .values(values)
+            )
+        else:
+            conn.execute(
+                insert(slots), {"identifier": view.identifier, "slot_id": view.slot_id, **values}
+            )
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _select_views(self, conn: Connection, *where: Any, lock: bool = False) -> list[SlotView]:
+        stmt = select(slots).where(slots.c.identifier == self.identifier, *where)
+        if lock:
+            stmt = stmt.with_for_update()
+        return [_view_from_row(row) for row in conn.execute(stmt).mappings()]
+
+    def get(self, slot_id: str) -> SlotView | None:
+        """The slot's projection, or ``None`` if the journal never received it."""
+        with self._read() as conn:
+            found = self._select_views(conn, slots.c.slot_id == slot_id)
+        return found[0] if found else None
+
+    def load_active(self) -> list[SlotView]:
+        """Every non-terminal slot, oldest first: all that start-up needs to read."""
+        with self._read() as conn:
+            views = self._select_views(conn, slots.c.state.in_(_ACTIVE))
+        return sorted(views, key=lambda v: v.last_seq)
+
+    def current_for_agent(self, agent_id: str) -> SlotView | None:
+        """The agent's current slot (dispatching, in progress or paused), if any."""
+        with self._read() as conn:
+            found = self._select_views(
+                conn, slots.c.agent_id == agent_id, slots.c.state.in_(_CURRENT)
+            )
+        return found[0] if found else None
+
+    def history(
+        self,
+        *,
+        agent_id: str | None = None,
+        state: SlotState | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[SlotView]:
+        """Slots, newest change first, filtered by agent, state and last-change window."""
+        where: list[Any] = []
+        if agent_id is not None:
+            where.append(slots.c.agent_id == agent_id)
+        if state is not None:
+            where.append(slots.c.state == state.value)
+        if since is not None:
+            where.append(slots.c.updated_at >= since)
+        if until is not None:
+            where.append(slots.c.updated_at < until)
+        stmt = (
+            select(slots)
+            .where(slots.c.identifier == self.identifier, *where)
+            .order_by(slots.c.last_seq.desc())
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as conn:
+            return [_view_from_row(row) for row in conn.execute(stmt).mappings()]
+
+    def events(
+        self, slot_id: str | None = None, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """Events of this identifier (or of one slot) in ``seq`` order."""
+        with self._read() as conn:
+            return list(self._iter_events(conn, slot_id=slot_id, after_seq=after_seq, limit=limit))
+
+    def _iter_events(
+        self,
+        conn: Connection,
+        *,
+        slot_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[Event]:
+        stmt = select(events).where(
+            events.c.identifier == self.identifier, events.c.seq > after_seq
+        )
+        if slot_id is not None:
+            stmt = stmt.where(events.c.slot_id == slot_id)
+        stmt = stmt.order_by(events.c.seq)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+            yield _event_from_row(row)
+
+    def terminal_settled_at(self, slot_id: str) -> datetime | None:
+        """When the backend learnt the slot's current terminal status, if it has.
+
+        A reconcile came from the backend, so it is settled when recorded; otherwise the
+        terminal event's outbox row must be delivered (or dead-lettered: the backend
+        refused it for good, and will not hear it by retrying).
+        """
+        with self._read() as conn:
+            found = self._select_views(conn, slots.c.slot_id == slot_id)
+            if not found or not found[0].terminal:
+                return None
+            last = conn.execute(
+                select(events.c.kind, events.c.recorded_at, outbox.c.delivered_at, outbox.c.dead_at)
+                .select_from(events.outerjoin(outbox, outbox.c.event_seq == events.c.seq))
+                .where(events.c.seq == found[0].last_seq)
+            ).one()
+        settled: datetime | None
+        if last.kind == Trigger.reconcile.value:
+            settled = last.recorded_at
+        else:
+            settled = last.delivered_at or last.dead_at
+        return settled
+
+    # -- outbox -------------------------------------------------------------------------
+
+    def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxRow]:
+        """Rows due for delivery, only the oldest undelivered row of each slot (order)."""
+        earlier = outbox.alias("earlier")
+        blocked = (
+            select(earlier.c.id)
+            .where(
+                earlier.c.identifier == outbox.c.identifier,
+                earlier.c.slot_id == outbox.c.slot_id,
+                earlier.c.id < outbox.c.id,
+                earlier.c.delivered_at.is_(None),
+                earlier.c.dead_at.is_(None),
+            )
+            .exists()
+        )
+        stmt = (
+            select(outbox)
+            .where(
+                outbox.c.identifier == self.identifier,
+                outbox.c.delivered_at.is_(None),
+                outbox.c.dead_at.is_(None),
+                outbox.c.next_try_at <= now,
+                ~blocked,
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_outbox_from_row(row) for row in conn.execute(stmt).mappings()]
+
+    def next_outbox_due(self) -> datetime | None:
+        """The earliest ``next_try_at`` among undelivered rows, or ``None`` if none wait."""
+        with self._read() as conn:
+            return conn.execute(
+                select(func.min(outbox.c.next_try_at)).where(
+                    outbox.c.identifier == self.identifier,
+                    outbox.c.delivered_at.is_(None),
+                    outbox.c.dead_at.is_(None),
+                )
+            ).scalar_one_or_none()
+
+    def mark_delivered(self, row_id: int, note: str | None = None) -> None:
+        """The backend acknowledged the row."""
+        with self._write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(delivered_at=self._clock(), tries=outbox.c.tries + 1, last_error=note)
+            )
+
+    def mark_retry(self, row_id: int, next_try_at: datetime, error: str) -> None:
+        """A passing fault (or a refused key): try again at ``next_try_at``."""
+        with self._write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(next_try_at=next_try_at, tries=outbox.c.tries + 1, last_error=error[:2000])
+            )
+
+    def mark_dead(self, row_id: int, error: str) -> None:
+        """The backend cannot take the row: keep it, visible, and stop trying."""
+        with self._write() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id)
+                .values(dead_at=self._clock(), tries=outbox.c.tries + 1, last_error=error[:2000])
+            )
+
+    def settle_conflict(
+        self, row: OutboxRow, backend_status: SlotState, reason: str | None
+    ) -> Event | None:
+        """409: the backend holds ``backend_status``. Reconcile to it and stop retrying.
+
+        One transaction: the reconcile event (unless the slot is already in that state, or
+        has moved to another attempt) and the row marked delivered with a note.
+        """
+        with self._write() as conn:
+            found = self._select_views(conn, slots.c.slot_id == row.slot_id, lock=True)
+            event: Event | None = None
+            if found and found[0].attempt == row.attempt and found[0].state is not backend_status:
+                event = self._apply_in(
+                    conn,
+                    [
+                        TransitionRequest(
+                            slot_id=row.slot_id,
+                            trigger=Trigger.reconcile,
+                            actor=Actor.backend,
+                            target=backend_status,
+                            reason=reason,
+                            attempt=row.attempt,
+                        )
+                    ],
+                )[0]
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(
+                    delivered_at=self._clock(),
+                    tries=outbox.c.tries + 1,
+                    last_error=f"409: backend holds {backend_status.value}",
+                )
+            )
+        return event
+
+    def outbox_counts(self) -> OutboxCounts:
+        """Rows waiting (pending) and dead-lettered."""
+        base = (
+            select(func.count()).select_from(outbox).where(outbox.c.identifier == self.identifier)
+        )
+        with self._read() as conn:
+            pending = conn.execute(
+                base.where(outbox.c.delivered_at.is_(None), outbox.c.dead_at.is_(None))
+            ).scalar_one()
+            dead = conn.execute(base.where(outbox.c.dead_at.is_not(None))).scalar_one()
+        return OutboxCounts(pending=int(pending), dead=int(dead))
+
+    def outbox_rows(self, *, slot_id: str | None = None) -> list[OutboxRow]:
+        """Every outbox row (of one slot, if given) in order."""
+        stmt = select(outbox).where(outbox.c.identifier == self.identifier)
+        if slot_id is not None:
+            stmt = stmt.where(outbox.c.slot_id == slot_id)
+        with self._read() as conn:
+            return [
+                _outbox_from_row(r) for r in conn.execute(stmt.order_by(outbox.c.id)).mappings()
+            ]
+
+    # -- replay -------------------------------------------------------------------------
+
+    def verify(self) -> list[Mismatch]:
+        """Every slot whose stored projection differs from the fold of its events."""
+        with self._read() as conn:
+            folded = fold(self._iter_events(conn))
+            stored = {(v.identifier, v.slot_id): v for v in self._select_views(conn)}
+        return diff(stored, folded)
+
+    def rebuild(self) -> int:
+        """Recompute the projection from the events; return the number of slots."""
+        with self._write() as conn:
+            folded = fold(self._iter_events(conn))
+            conn.execute(delete(slots).where(slots.c.identifier == self.identifier))
+            for view in folded.values():
+                self._store_view(conn, view, exists=False)
+        return len(folded)
+
+
+def _label(state: SlotState | None) -> str:
+    return "new" if state is None else state.value
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    # The driver's own sentence; never the statement or its parameters.
+    orig = getattr(exc, "orig", None)
+    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
+
+
+def _with_seq(event: Event, seq: int) -> Event:
+    return replace(event, seq=int(seq))
+
+
+def _view_values(view: SlotView) -> dict[str, Any]:
+    return {
+        "agent_id": view.agent_id,
+        "state": view.state.value,
+        "attempt": view.attempt,
+        "slot": view.slot.to_wire(),
+        "received_at": view.received_at,
+        "started_at": view.started_at,
+        "updated_at": view.updated_at,
+        "resolved_at": view.resolved_at,
+        "summary": view.summary,
+        "reason": view.reason,
+        "last_seq": view.last_seq,
+    }
+
+
+def _view_from_row(row: RowMapping) -> SlotView:
+    return SlotView(
+        identifier=row["identifier"],
+        slot_id=row["slot_id"],
+        agent_id=row["agent_id"],
+        state=SlotState(row["state"]),
+        attempt=int(row["attempt"]),
+        slot=parse(Slot, row["slot"]),
+        received_at=row["received_at"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        resolved_at=row["resolved_at"],
+        summary=row["summary"],
+        reason=row["reason"],
+        last_seq=int(row["last_seq"]),
+    )
+
+
+def _event_from_row(row: RowMapping) -> Event:
+    return Event(
+        event_id=row["event_id"],
+        identifier=row["identifier"],
+        slot_id=row["slot_id"],
+        attempt=int(row["attempt"]),
+        agent_id=row["agent_id"],
+        kind=Trigger(row["kind"]),
+        actor=Actor(row["actor"]),
+        state_from=SlotState(row["state_from"]) if row["state_from"] else None,
+        state_to=SlotState(row["state_to"]),
+        recorded_at=row["recorded_at"],
+        summary=row["summary"],
+        reason=row["reason"],
+        payload=row["payload"],
+        seq=int(row["seq"]),
+    )
+
+
+def _outbox_from_row(row: RowMapping) -> OutboxRow:
+    return OutboxRow(
+        id=int(row["id"]),
+        event_seq=int(row["event_seq"]),
+        idempotency_key=row["idempotency_key"],
+        identifier=row["identifier"],
+        slot_id=row["slot_id"],
+        attempt=int(row["attempt"]),
+        status=SlotState(row["status"]),
+        summary=row["summary"],
+        reason=row["reason"],
+        occurred_at=row["occurred_at"],
+        tries=int(row["tries"]),
+        next_try_at=row["next_try_at"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+        dead_at=row["dead_at"],
+    )

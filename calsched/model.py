@@ -1,0 +1,358 @@
+"""Value types shared by every layer, and validation of wire input.
+
+Wire types are pydantic models: parsing untrusted JSON goes through :func:`parse`, which
+turns a pydantic ``ValidationError`` into :class:`~calsched.errors.InvalidInputError`
+naming the first bad field. Journal types (:class:`Event`, :class:`SlotView`) are frozen
+dataclasses: they are built by our own code on the hot path and need no validation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
+from calsched.errors import InvalidInputError
+
+__all__ = [
+    "ACTIVE_STATES",
+    "CURRENT_STATES",
+    "REPORTED_STATES",
+    "TERMINAL_STATES",
+    "ActiveSlotReport",
+    "Actor",
+    "AgentReport",
+    "AgentStatus",
+    "Event",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "PluginInfo",
+    "RejectedSlot",
+    "Slot",
+    "SlotState",
+    "SlotUpdate",
+    "SlotView",
+    "Trigger",
+    "WakeOptions",
+    "WireModel",
+    "format_time",
+    "parse",
+    "parse_heartbeat_response",
+    "utcnow",
+]
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as the protocol writes times."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class SlotState(enum.StrEnum):
+    """Where a slot is in its lifecycle (DESIGN.md, "Slot lifecycle")."""
+
+    pending = "pending"
+    dispatching = "dispatching"
+    in_progress = "in_progress"
+    paused = "paused"
+    completed = "completed"
+    aborted = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """True for ``completed`` and ``aborted``: no trigger but ``receive`` leaves them."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({SlotState.completed, SlotState.aborted})
+ACTIVE_STATES = frozenset(set(SlotState) - TERMINAL_STATES)
+#: States in which a slot is its agent's *current* slot (at most one per agent).
+CURRENT_STATES = frozenset({SlotState.dispatching, SlotState.in_progress, SlotState.paused})
+#: States the backend hears of (protocol section 1, ``status``).
+REPORTED_STATES = frozenset(
+    {SlotState.in_progress, SlotState.paused, SlotState.completed, SlotState.aborted}
+)
+
+
+class Trigger(enum.StrEnum):
+    """The verbs that move a slot; one journal event per fired trigger."""
+
+    receive = "receive"
+    dispatch = "dispatch"
+    woke = "woke"
+    wake_failed = "wake_failed"
+    pause = "pause"
+    resume = "resume"
+    complete = "complete"
+    abort = "abort"
+    reconcile = "reconcile"
+
+
+class Actor(enum.StrEnum):
+    """Who caused a transition; every event records one."""
+
+    scheduler = "scheduler"
+    agent = "agent"
+    backend = "backend"
+    operator = "operator"
+    recovery = "recovery"
+
+
+class AgentStatus(enum.StrEnum):
+    """An agent's status as the heartbeat reports it."""
+
+    idle = "idle"
+    busy = "busy"
+    offline = "offline"
+    unknown = "unknown"
+
+
+class WireModel(BaseModel):
+    """Base of wire types: unknown fields are ignored, instances are immutable."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict, times in RFC 3339 UTC."""
+        return self.model_dump(mode="json")
+
+
+class _TimeFields(WireModel):
+    """Mixin: serialises every datetime field the protocol's way (``...Z``)."""
+
+    @field_serializer("*", when_used="json", check_fields=False)
+    def _times(self, value: Any) -> Any:
+        return format_time(value) if isinstance(value, datetime) else value
+
+
+class WakeOptions(WireModel):
+    """Per-slot wake options sent by the backend."""
+
+    override_message: str | None = None
+
+
+class Slot(_TimeFields):
+    """A unit of work the backend asks calsched to give an agent."""
+
+    id: Identifier
+    agent_id: Identifier
+    title: str | None = None
+    prompt_text: str | None = None
+    scheduled_at: datetime | None = None
+    wake_options: WakeOptions = Field(default_factory=WakeOptions)
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # Naive times are taken as UTC: the protocol only speaks UTC.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("wake_options", mode="before")
+    @classmethod
+    def _null_options(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def wake_message(self) -> str:
+        """What the agent is told: override message, else prompt, else a default line."""
+        if self.wake_options.override_message:
+            return self.wake_options.override_message
+        if self.prompt_text:
+            return self.prompt_text
+        return f"[calendar] slot {self.id}: {self.title or ''}"
+
+    @property
+    def source(self) -> str:
+        """The wake source hosts may dedupe on."""
+        return f"calendar:slot-{self.id}"
+
+
+class PluginInfo(WireModel):
+    """Who is heartbeating."""
+
+    name: str = "calsched"
+    version: str = "0.1.0"
+
+
+class AgentReport(WireModel):
+    """One agent as listed in a heartbeat."""
+
+    id: Identifier
+    model: str | None = None
+    status: AgentStatus = AgentStatus.unknown
+
+
+class ActiveSlotReport(WireModel):
+    """One non-terminal slot as listed in a heartbeat's ``active_slots``."""
+
+    id: Identifier
+    agent_id: Identifier
+    state: SlotState
+    attempt: int = Field(ge=1)
+
+
+class HeartbeatRequest(_TimeFields):
+    """Body of ``POST /v1/heartbeat``."""
+
+    identifier: Identifier
+    plugin_info: PluginInfo = Field(default_factory=PluginInfo)
+    captured_at: datetime
+    agents: list[AgentReport] = Field(default_factory=list)
+    active_slots: list[ActiveSlotReport] = Field(default_factory=list)
+
+
+class HeartbeatResponse(WireModel):
+    """The backend's answer to a heartbeat (only the slots that validated)."""
+
+    slots_to_fire: list[Slot] = Field(default_factory=list)
+    restart_pending: bool = False
+
+
+class SlotUpdate(_TimeFields):
+    """Body of ``POST /v1/slots/{slot_id}/status``."""
+
+    identifier: Identifier
+    status: SlotState
+    attempt: int = Field(ge=1)
+    summary: str | None = None
+    reason: str | None = None
+    occurred_at: datetime
+
+    @field_validator("status")
+    @classmethod
+    def _reported(cls, value: SlotState) -> SlotState:
+        if value not in REPORTED_STATES:
+            raise ValueError(f"must be one of {sorted(s.value for s in REPORTED_STATES)}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedSlot:
+    """A slot of a heartbeat response that failed validation and was skipped."""
+
+    index: int
+    slot_id: str | None
+    error: str
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _error_field(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(body)"
+    return loc, first["msg"]
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate ``data`` as ``model``; raise :class:`InvalidInputError` naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        loc, msg = _error_field(exc)
+        raise InvalidInputError(loc, msg) from None
+
+
+def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
+    """Validate a heartbeat response slot by slot: one bad slot does not drop the others.
+
+    The envelope itself must be an object with a list (or no) ``slots_to_fire``; otherwise
+    :class:`InvalidInputError` is raised and the whole beat fails.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidInputError("(body)", "must be a JSON object")
+    raw_slots = data.get("slots_to_fire") or []
+    if not isinstance(raw_slots, list):
+        raise InvalidInputError("slots_to_fire", "must be a list")
+    restart = data.get("restart_pending", False)
+    if not isinstance(restart, bool):
+        raise InvalidInputError("restart_pending", "must be a boolean")
+    good: list[Slot] = []
+    rejected: list[RejectedSlot] = []
+    for index, raw in enumerate(raw_slots):
+        try:
+            good.append(Slot.model_validate(raw))
+        except ValidationError as exc:
+            loc, msg = _error_field(exc)
+            slot_id = raw.get("id") if isinstance(raw, Mapping) else None
+            rejected.append(
+                RejectedSlot(
+                    index=index,
+                    slot_id=slot_id if isinstance(slot_id, str) else None,
+                    error=f"slots_to_fire[{index}].{loc}: {msg}",
+                )
+            )
+    return HeartbeatResponse(slots_to_fire=good, restart_pending=restart), rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One journal row: a fired trigger, who fired it, and the state it moved between.
+
+    ``seq`` is assigned by the database on append and is ``None`` before that.
+    ``state_from`` is ``None`` for the ``receive`` of a slot never seen before.
+    """
+
+    event_id: str
+    identifier: str
+    slot_id: str
+    attempt: int
+    agent_id: str
+    kind: Trigger
+    actor: Actor
+    state_from: SlotState | None
+    state_to: SlotState
+    recorded_at: datetime
+    summary: str | None = None
+    reason: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    """The projection of one slot: what the fold of its events gives.
+
+    ``slot`` is the slot as last received (it carries the wake message), so a restart can
+    re-dispatch without asking the backend again.
+    """
+
+    identifier: str
+    slot_id: str
+    agent_id: str
+    state: SlotState
+    attempt: int
+    slot: Slot
+    received_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    resolved_at: datetime | None
+    summary: str | None
+    reason: str | None
+    last_seq: int
+
+    @property
+    def terminal(self) -> bool:
+        """True once the slot's current attempt is completed or aborted."""
+        return self.state in TERMINAL_STATES
