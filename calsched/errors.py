@@ -10,6 +10,7 @@
     ├── StaleSlotError (RuntimeError)         a tool call named a slot that is not current
     ├── AgentBusyError (RuntimeError)         dispatch while the agent has a current slot
     ├── SlotNotFoundError (LookupError)       no such slot in the journal
+    ├── WakeFailedError (RuntimeError)        the host did not accept a wake
     ├── JournalError (RuntimeError)           the database cannot be used
     │   └── SchemaVersionError                the database schema is older or newer than the code
     └── BackendError (RuntimeError)           a call to the calendar backend failed
@@ -41,6 +42,7 @@ __all__ = [
     "SchemaVersionError",
     "SlotNotFoundError",
     "StaleSlotError",
+    "WakeFailedError",
 ]
 
 
@@ -162,3 +164,12 @@ class BackendUnavailableError(BackendError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, status_code=status_code)
+
+
+class WakeFailedError(CalschedError, RuntimeError):
+    """The host did not accept a wake; the slot is aborted with this cause."""
+
+    def __init__(self, agent_id: str, cause: str) -> None:
+        self.agent_id = agent_id
+        self.cause = cause
+        super().__init__(f"wake-agent failed: {cause}")

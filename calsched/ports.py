@@ -1,0 +1,131 @@
+"""The interfaces between the scheduler and its adapters (ports and adapters).
+
+The scheduler depends only on these protocols; ``calsched.backend``, ``calsched.host`` and
+``calsched.testing`` implement them, and ``calsched.control`` serves :class:`SlotTools`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from calsched.model import (
+    AgentReport,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RejectedSlot,
+    SlotUpdate,
+    SlotView,
+)
+
+__all__ = ["Backend", "Host", "RunningProbe", "SlotTools", "WakeRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class WakeRequest:
+    """What the host is asked to do: give ``message`` to ``agent_id``.
+
+    Hosts may dedupe on ``source`` + ``attempt``: wakes are at-least-once after a crash.
+    """
+
+    agent_id: str
+    message: str
+    source: str
+    slot_id: str
+    attempt: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The webhook body (protocol section 3)."""
+        return {
+            "agent_id": self.agent_id,
+            "message": self.message,
+            "source": self.source,
+            "slot_id": self.slot_id,
+            "attempt": self.attempt,
+        }
+
+
+class Backend(Protocol):
+    """The calendar backend (protocol section 1)."""
+
+    async def heartbeat(
+        self, request: HeartbeatRequest
+    ) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
+        """Send a beat; return the valid slots and the ones skipped as invalid.
+
+        Raises :class:`~calsched.errors.BackendError` (a subclass says which kind).
+        """
+        ...
+
+    async def send_status(self, slot_id: str, update: SlotUpdate, idempotency_key: str) -> None:
+        """Tell the backend a slot's status. Returns on 200/202/204.
+
+        Raises :class:`~calsched.errors.BackendConflictError` (409),
+        :class:`~calsched.errors.BackendRejectedError` (404/400/422),
+        :class:`~calsched.errors.BackendRefusedError` (401/403) or
+        :class:`~calsched.errors.BackendUnavailableError` (passing faults).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class Host(Protocol):
+    """The agent host: wakes agents and lists them."""
+
+    async def wake_agent(self, request: WakeRequest) -> None:
+        """Deliver a wake; raise :class:`~calsched.errors.WakeFailedError` if not accepted."""
+        ...
+
+    async def list_agents(self) -> list[AgentReport]:
+        """The agents to report in the heartbeat (may be empty)."""
+        ...
+
+
+@runtime_checkable
+class RunningProbe(Protocol):
+    """Optional host capability: recovery asks it before waking a slot again."""
+
+    async def is_running(self, agent_id: str, source: str) -> bool | None:
+        """True if the agent is already working on ``source``; ``None`` if unknown."""
+        ...
+
+
+class SlotTools(Protocol):
+    """The agents' tools, as the scheduler serves them to the control API and the CLI.
+
+    ``slot_id``, when given, must be the agent's current slot (generation fencing), or
+    :class:`~calsched.errors.StaleSlotError` is raised.
+    """
+
+    async def current_slot(self, agent_id: str) -> SlotView:
+        """The agent's current slot; :class:`~calsched.errors.NoActiveSlotError` if none."""
+        ...
+
+    async def complete(
+        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Complete the agent's current slot."""
+        ...
+
+    async def abort(
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Abort the agent's current slot."""
+        ...
+
+    async def pause(
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Pause the agent's current slot."""
+        ...
+
+    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+        """Resume the agent's paused slot."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler status in the protocol's shape, JSON-ready."""
+        ...
