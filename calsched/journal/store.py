@@ -342,6 +342,14 @@ class Journal:
             found = self._select_views(conn, slots.c.slot_id == slot_id)
         return found[0] if found else None
 
+    def get_many(self, slot_ids: Sequence[str]) -> dict[str, SlotView]:
+        """The projections of the slots the journal knows among ``slot_ids``."""
+        if not slot_ids:
+            return {}
+        with self._read() as conn:
+            found = self._select_views(conn, slots.c.slot_id.in_(sorted(set(slot_ids))))
+        return {v.slot_id: v for v in found}
+
     def load_active(self) -> list[SlotView]:
         """Every non-terminal slot, oldest first: all that start-up needs to read."""
         with self._read() as conn:
