@@ -1,0 +1,768 @@
+"""The scheduler: heartbeat, dispatch, the agents' tools, outbox delivery, recovery.
+
+It is the seed's ``Scheduler`` made durable. Every decision becomes a
+:class:`~calsched.journal.TransitionRequest`; :meth:`Scheduler._commit` is the one place
+that reaches the journal (a single writer thread, so the event loop never blocks on a
+commit), and effects (wakes, backend calls) only happen after the commit returned.
+
+The live view (``_active``) holds the non-terminal slots. It is updated from the committed
+events themselves, in a done-callback of the commit future, so it equals the replay of
+the journal even when the task that asked for the commit was cancelled meanwhile.
+
+Named seams for the crash harness (DESIGN.md "What comes after the core"): the
+``failpoint`` hook given to the constructor is called with ``after_commit``,
+``after_wake``, ``after_outbox_send`` and ``during_recovery``; a harness may kill the
+process there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+import stamina
+
+from calsched.errors import (
+    AgentBusyError,
+    BackendConflictError,
+    BackendError,
+    BackendRefusedError,
+    BackendRejectedError,
+    BackendUnavailableError,
+    InvalidTransitionError,
+    NoActiveSlotError,
+    SlotNotFoundError,
+    StaleSlotError,
+    WakeFailedError,
+)
+from calsched.journal import Journal, OutboxRow, TransitionRequest
+from calsched.journal.replay import project
+from calsched.journal.store import OutboxCounts
+from calsched.metrics import Metrics
+from calsched.model import (
+    CURRENT_STATES,
+    TERMINAL_STATES,
+    ActiveSlotReport,
+    Actor,
+    AgentReport,
+    Event,
+    HeartbeatRequest,
+    PluginInfo,
+    Slot,
+    SlotState,
+    SlotUpdate,
+    SlotView,
+    Trigger,
+    format_time,
+    utcnow,
+)
+from calsched.ports import Backend, Host, RunningProbe, WakeRequest
+from calsched.settings import QueuePolicy, SchedulerSettings
+
+__all__ = ["FAILPOINTS", "Scheduler"]
+
+log = logging.getLogger("calsched.scheduler")
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+#: The named seams where a crash harness may stop the process (``failpoint=`` hook).
+FAILPOINTS = ("after_commit", "after_wake", "after_outbox_send", "during_recovery")
+
+
+def _no_failpoint(name: str) -> None:
+    """The default hook: seams cost one call and do nothing."""
+
+
+class _RetryLater(Exception):
+    """A retryable outbox failure, carrying the wait the backend asked for (if any)."""
+
+    def __init__(self, cause: BackendError, hint: float | None) -> None:
+        self.cause = cause
+        self.hint = hint
+        super().__init__(str(cause))
+
+
+def _retry_hook(exc: Exception) -> bool | float:
+    # stamina asks this after each failed try: retry passing faults and a refused key,
+    # honouring Retry-After as the wait for that try.
+    if isinstance(exc, _RetryLater):
+        return exc.hint if exc.hint is not None else True
+    return False
+
+
+class Scheduler:
+    """Heartbeats the backend, wakes agents for slots, and serves the agents' tools.
+
+    Build it with settings, an open :class:`Journal`, a backend and a host, then
+    ``await start()`` (or ``await run()``) inside an event loop, and ``await stop()``.
+    """
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        journal: Journal,
+        backend: Backend,
+        host: Host,
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock = utcnow,
+        failpoint: Callable[[str], None] = _no_failpoint,
+    ) -> None:
+        self.settings = settings
+        self._failpoint = failpoint
+        self.journal = journal
+        self.backend = backend
+        self.host = host
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsched-journal")
+        self._active: dict[str, SlotView] = {}
+        self._history: deque[dict[str, Any]] = deque(maxlen=max(settings.history_cap, 0) or None)
+        self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
+        self._dispatch_lock = asyncio.Lock()
+        self._wakes: set[asyncio.Task[None]] = set()
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._outbox_kick = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._outbox_counts = OutboxCounts(pending=0, dead=0)
+        self._last_heartbeat: datetime | None = None
+        self._last_ok: datetime | None = None
+        self._last_error: str | None = None
+        self._key_refused = False
+        self._restart_pending = False
+        #: Set when a heartbeat answers ``restart_pending: true``.
+        self.restart_requested = asyncio.Event()
+        self._started = False
+
+    # -- the one way to the journal ------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a journal call on the writer thread; never on the event loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
+        # A cancelled caller must not turn a commit into an unknown outcome: the thread
+        # finishes either way, and shield lets the result land.
+        return await asyncio.shield(future)
+
+    async def _commit(self, requests: Sequence[TransitionRequest]) -> list[Event]:
+        """Commit transitions in one transaction; update the live view from the events."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._writer, self.journal.apply_many, list(requests))
+        future.add_done_callback(self._absorb_result)
+        events = await asyncio.shield(future)
+        self._failpoint("after_commit")
+        return events
+
+    def _absorb_result(self, future: asyncio.Future[list[Event]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._absorb(future.result())
+
+    def _absorb(self, events: Iterable[Event]) -> None:
+        """Fold committed events into the live view, history and metrics."""
+        outbox = False
+        for event in events:
+            self.metrics.transitions.labels(event.kind.value).inc()
+            view = self._active.get(event.slot_id)
+            if event.kind is not Trigger.receive and view is None:
+                continue  # a reconcile of a slot that had already ended here: not live
+            new = project(view if event.kind is not Trigger.receive else None, event)
+            if new.terminal:
+                self._active.pop(event.slot_id, None)
+                self._remember(new)
+            else:
+                self._active[event.slot_id] = new
+            if event.state_to in _REPORTED and event.kind is not Trigger.reconcile:
+                outbox = True
+        self.metrics.active_slots.set(len(self._active))
+        if outbox:
+            self._outbox_kick.set()
+
+    def _remember(self, view: SlotView) -> None:
+        if self.settings.history_cap <= 0:
+            return
+        self._history.append(
+            {
+                "slot_id": view.slot_id,
+                "agent_id": view.agent_id,
+                "status": view.state.value,
+                "resolved_at": format_time(view.resolved_at or view.updated_at),
+                "summary": view.summary,
+                "reason": view.reason,
+            }
+        )
+
+    # -- lifecycle of the scheduler itself -----------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from the journal, then start the heartbeat loop and the outbox worker."""
+        if self._started:
+            return
+        self._started = True
+        await self.recover()
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop(), name="calsched-heartbeat"),
+            asyncio.create_task(self._outbox_loop(), name="calsched-outbox"),
+        ]
+
+    async def run(self) -> None:
+        """Start, then wait until :meth:`stop` is called (or the task is cancelled)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            if not self._stopped.is_set():
+                await self.stop()
+
+    async def stop(self) -> None:
+        """Stop gracefully: no more beats, bounded wait for wakes, flush the outbox.
+
+        Nothing committed is lost: a wake abandoned here leaves its slot ``dispatching``,
+        which the next start re-dispatches; an undelivered outbox row stays in the outbox.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        await self._drain(self._wakes, deadline)
+        with contextlib.suppress(Exception):
+            await self._flush_outbox(deadline)
+        await self._drain(set(self._deliveries.values()), deadline)
+        await asyncio.to_thread(self._writer.shutdown, True)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]], deadline: float) -> None:
+        pending = {t for t in tasks if not t.done()}
+        if not pending:
+            return
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no wake is in flight and the outbox has nothing due right now.
+
+        For tests and embedding hosts that drive :meth:`heartbeat_once` themselves.
+        """
+        while True:
+            if self._wakes:
+                await asyncio.gather(*set(self._wakes), return_exceptions=True)
+                continue
+            await self._outbox_pass()
+            if self._deliveries:
+                await asyncio.gather(*set(self._deliveries.values()), return_exceptions=True)
+                continue
+            if not self._wakes:
+                return
+
+    # -- recovery ------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reload non-terminal slots; re-dispatch ``pending``/``dispatching`` ones.
+
+        ``in_progress`` and ``paused`` slots are restored silently; undelivered outbox rows
+        are picked up by the outbox worker. Only live slots are read, never the history.
+        """
+        views = await self._call(self.journal.load_active)
+        recent = await self._call(self.journal.history, limit=self.settings.history_cap or 1)
+        self._active = {v.slot_id: v for v in views}
+        self._history.clear()
+        for view in reversed(recent):
+            if view.terminal:
+                self._remember(view)
+        self.metrics.active_slots.set(len(self._active))
+        self._failpoint("during_recovery")
+        for view in views:
+            if view.state is SlotState.dispatching:
+                self._spawn_wake(view, recovering=True)
+        for agent_id in sorted({v.agent_id for v in views if v.state is SlotState.pending}):
+            await self._pump(agent_id, actor=Actor.recovery)
+        await self._refresh_outbox_counts()
+        self._outbox_kick.set()
+
+    # -- heartbeat -----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must never die; next tick tries again
+                log.exception("heartbeat failed unexpectedly")
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+    async def heartbeat_once(self) -> None:
+        """Send one heartbeat and take in the slots it returns. Never raises a backend error."""
+        sent_at = self._clock()
+        agents = await self._list_agents()
+        request = HeartbeatRequest(
+            identifier=self.settings.identifier,
+            plugin_info=PluginInfo(),
+            captured_at=sent_at,
+            agents=agents,
+            active_slots=[
+                ActiveSlotReport(
+                    id=v.slot_id, agent_id=v.agent_id, state=v.state, attempt=v.attempt
+                )
+                for v in self._active_sorted()
+            ],
+        )
+        self._last_heartbeat = sent_at
+        try:
+            async with asyncio.timeout(self.settings.backend_deadline_s):
+                response, rejected = await self.backend.heartbeat(request)
+        except (BackendError, TimeoutError) as exc:
+            self.metrics.heartbeats.labels("failed").inc()
+            self._last_error = _describe(exc, self.settings.backend_deadline_s)
+            if isinstance(exc, BackendRefusedError):
+                self._key_refused = True
+            log.warning("heartbeat failed: %s", self._last_error)
+            return
+        self.metrics.heartbeats.labels("ok").inc()
+        self._last_ok = self._clock()
+        self._last_error = None
+        self._key_refused = False
+        self._restart_pending = response.restart_pending
+        if response.restart_pending:
+            self.restart_requested.set()
+        for bad in rejected:
+            log.warning("skipped an invalid slot from the backend: %s", bad.error)
+        if response.slots_to_fire:
+            await self._intake(response.slots_to_fire, sent_at)
+
+    async def _list_agents(self) -> list[AgentReport]:
+        try:
+            return await self.host.list_agents()
+        except Exception as exc:  # a failed agent list must not fail the beat
+            log.warning("listing agents failed: %s", type(exc).__name__)
+            return []
+
+    async def _intake(self, listed: Sequence[Slot], sent_at: datetime) -> None:
+        """Journal the newly listed slots in one transaction, then dispatch."""
+        unique: dict[str, Slot] = {}
+        for slot in listed:
+            unique.setdefault(slot.id, slot)
+        fresh = [s for s in unique.values() if s.id not in self._active]
+        if not fresh:
+            return
+        known = await self._call(self.journal.get_many, [s.id for s in fresh])
+        now = self._clock()
+        requests: list[TransitionRequest] = []
+        runnable: dict[str, list[str]] = {}  # agent -> new slots that will want a wake
+        for slot in fresh:
+            seen = known.get(slot.id)
+            if seen is not None and not seen.terminal:
+                continue  # journaled but not in the live view: a concurrent intake has it
+            if seen is not None:
+                settled = await self._call(self.journal.terminal_settled_at, slot.id)
+                # Re-listed before the backend heard the end, or by a beat that crossed the
+                # acknowledgement: stale. Only a beat sent after the ack starts a new attempt.
+                if settled is None or sent_at <= settled:
+                    continue
+            requests.append(TransitionRequest(slot.id, Trigger.receive, Actor.scheduler, slot=slot))
+            late = self._lateness(slot, now)
+            if late is not None:
+                reason = f"missed: late by {_human(late)}"
+                requests.append(
+                    TransitionRequest(slot.id, Trigger.abort, Actor.scheduler, reason=reason)
+                )
+            else:
+                runnable.setdefault(slot.agent_id, []).append(slot.id)
+        if self.settings.policy is QueuePolicy.replace:
+            requests.extend(self._supersede(runnable))
+        if not requests:
+            return
+        await self._commit_tolerant(requests)
+        for agent_id in sorted({s.agent_id for s in fresh}):
+            await self._pump(agent_id)
+
+    def _lateness(self, slot: Slot, now: datetime) -> timedelta | None:
+        grace = self.settings.misfire_grace_s
+        if grace is None or slot.scheduled_at is None:
+            return None
+        late = now - slot.scheduled_at
+        return late if late.total_seconds() > grace else None
+
+    def _supersede(self, runnable: dict[str, list[str]]) -> list[TransitionRequest]:
+        """Under ``replace``: the newest slot of each agent wins; abort all older ones."""
+        out: list[TransitionRequest] = []
+        for agent_id, new_ids in runnable.items():
+            winner = new_ids[-1]
+            reason = f"superseded by {winner}"
+            older = [v for v in self._active_sorted() if v.agent_id == agent_id]
+            for view in older:
+                out.append(
+                    TransitionRequest(
+                        view.slot_id,
+                        Trigger.abort,
+                        Actor.scheduler,
+                        reason=reason,
+                        attempt=view.attempt,
+                    )
+                )
+            # Several new slots for one agent in one beat: only the last listed survives.
+            for slot_id in new_ids[:-1]:
+                out.append(
+                    TransitionRequest(slot_id, Trigger.abort, Actor.scheduler, reason=reason)
+                )
+        return out
+
+    async def _commit_tolerant(self, requests: Sequence[TransitionRequest]) -> None:
+        """Commit a batch; if one request no longer fits, commit the others one by one."""
+        try:
+            await self._commit(requests)
+            return
+        except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
+            log.info("batch did not fit (%s); committing one by one", exc)
+        for request in requests:
+            try:
+                await self._commit([request])
+            except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
+                log.warning("skipped %s of slot %s: %s", request.trigger, request.slot_id, exc)
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _active_sorted(self) -> list[SlotView]:
+        return sorted(self._active.values(), key=lambda v: (v.received_at, v.slot_id))
+
+    def _current(self, agent_id: str) -> SlotView | None:
+        for view in self._active.values():
+            if view.agent_id == agent_id and view.state in CURRENT_STATES:
+                return view
+        return None
+
+    async def _pump(self, agent_id: str, *, actor: Actor = Actor.scheduler) -> None:
+        """Dispatch the agent's oldest pending slot if it has no current slot."""
+        if self._stopped.is_set():
+            return
+        async with self._dispatch_lock:
+            if self._current(agent_id) is not None:
+                return
+            waiting = [
+                v
+                for v in self._active_sorted()
+                if v.agent_id == agent_id and v.state is SlotState.pending
+            ]
+            if not waiting:
+                return
+            view = waiting[0]
+            try:
+                await self._commit(
+                    [TransitionRequest(view.slot_id, Trigger.dispatch, actor, attempt=view.attempt)]
+                )
+            except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
+                log.warning("could not dispatch slot %s: %s", view.slot_id, exc)
+                return
+            dispatched = self._active.get(view.slot_id)
+        if dispatched is not None:
+            self._spawn_wake(dispatched, recovering=False)
+
+    def _spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
+        task = asyncio.create_task(
+            self._wake(view, recovering=recovering), name=f"wake-{view.slot_id}"
+        )
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _wake(self, view: SlotView, *, recovering: bool) -> None:
+        slot = view.slot
+        request = WakeRequest(
+            agent_id=view.agent_id,
+            message=slot.wake_message(),
+            source=slot.source,
+            slot_id=view.slot_id,
+            attempt=view.attempt,
+        )
+        actor = Actor.recovery if recovering else Actor.scheduler
+        failure: str | None = None
+        async with self._wake_slots:
+            if recovering and await self._already_running(request):
+                log.info("slot %s already running on the host; not woken again", view.slot_id)
+            else:
+                try:
+                    async with asyncio.timeout(self.settings.wake_timeout_s):
+                        await self.host.wake_agent(request)
+                    self.metrics.wakes.labels("ok").inc()
+                except WakeFailedError as exc:
+                    failure = str(exc)
+                except TimeoutError:
+                    failure = f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
+                except Exception as exc:  # a broken host adapter fails the wake, not the loop
+                    failure = f"wake-agent failed: {type(exc).__name__}"
+        self._failpoint("after_wake")
+        if failure is None:
+            await self._settle_wake(view, Trigger.woke, actor, None)
+            latency = (self._clock() - view.received_at).total_seconds()
+            self.metrics.dispatch_latency.observe(max(latency, 0.0))
+        else:
+            self.metrics.wakes.labels("failed").inc()
+            log.warning("slot %s: %s", view.slot_id, failure)
+            await self._settle_wake(view, Trigger.wake_failed, actor, failure)
+            await self._pump(view.agent_id)
+
+    async def _already_running(self, request: WakeRequest) -> bool:
+        if not isinstance(self.host, RunningProbe):
+            return False
+        try:
+            return bool(await self.host.is_running(request.agent_id, request.source))
+        except Exception:  # unknown: wake again (at-least-once)
+            return False
+
+    async def _settle_wake(
+        self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
+    ) -> None:
+        try:
+            await self._commit(
+                [
+                    TransitionRequest(
+                        view.slot_id, trigger, actor, reason=reason, attempt=view.attempt
+                    )
+                ]
+            )
+        except (InvalidTransitionError, SlotNotFoundError) as exc:
+            # The slot moved on while the wake was in flight (aborted, superseded).
+            log.info("slot %s: %s not recorded: %s", view.slot_id, trigger, exc)
+
+    # -- the agents' tools (ports.SlotTools) ---------------------------------------------
+
+    async def current_slot(self, agent_id: str) -> SlotView:
+        """The agent's current slot; :class:`NoActiveSlotError` if it has none."""
+        current = self._current(agent_id)
+        if current is None:
+            raise NoActiveSlotError(agent_id)
+        return current
+
+    async def complete(
+        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Complete the agent's current slot."""
+        return await self._tool(agent_id, Trigger.complete, slot_id, summary=summary)
+
+    async def abort(
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Abort the agent's current slot."""
+        return await self._tool(agent_id, Trigger.abort, slot_id, reason=reason)
+
+    async def pause(
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+    ) -> SlotView:
+        """Pause the agent's current slot."""
+        return await self._tool(agent_id, Trigger.pause, slot_id, reason=reason)
+
+    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+        """Resume the agent's paused slot."""
+        return await self._tool(agent_id, Trigger.resume, slot_id)
+
+    async def _tool(
+        self,
+        agent_id: str,
+        trigger: Trigger,
+        slot_id: str | None,
+        *,
+        summary: str | None = None,
+        reason: str | None = None,
+        actor: Actor = Actor.agent,
+    ) -> SlotView:
+        current = self._current(agent_id)
+        if slot_id is not None and (current is None or current.slot_id != slot_id):
+            raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
+        if current is None:
+            raise NoActiveSlotError(agent_id)
+        (event,) = await self._commit(
+            [
+                TransitionRequest(
+                    current.slot_id,
+                    trigger,
+                    actor,
+                    summary=summary,
+                    reason=reason,
+                    attempt=current.attempt,
+                )
+            ]
+        )
+        after = project(current, event)
+        if after.terminal:
+            await self._pump(agent_id)
+        return after
+
+    # -- status --------------------------------------------------------------------------
+
+    @property
+    def restart_pending(self) -> bool:
+        """What the last successful heartbeat said of ``restart_pending``."""
+        return self._restart_pending
+
+    def active(self) -> list[SlotView]:
+        """The live view: every non-terminal slot, oldest first."""
+        return self._active_sorted()
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler status in the protocol's shape (section 2), JSON-ready."""
+        return {
+            "enabled": True,
+            "identifier": self.settings.identifier,
+            "last_heartbeat": _opt_time(self._last_heartbeat),
+            "heartbeat_every_s": self.settings.heartbeat_interval_s,
+            "backend": {
+                "last_ok": _opt_time(self._last_ok),
+                "last_error": self._last_error,
+                "key_refused": self._key_refused,
+            },
+            "active": [v.to_wire() for v in self._active_sorted()],
+            "history": list(self._history)[::-1],
+            "outbox": {"pending": self._outbox_counts.pending, "dead": self._outbox_counts.dead},
+            "restart_pending": self._restart_pending,
+        }
+
+    # -- outbox --------------------------------------------------------------------------
+
+    async def _refresh_outbox_counts(self) -> None:
+        self._outbox_counts = await self._call(self.journal.outbox_counts)
+        self.metrics.outbox_pending.set(self._outbox_counts.pending)
+        self.metrics.outbox_dead.set(self._outbox_counts.dead)
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            try:
+                await self._outbox_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a journal hiccup must not end delivery for good
+                log.exception("outbox pass failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.outbox_poll_s):
+                    await self._outbox_kick.wait()
+
+    async def _outbox_pass(self) -> None:
+        # Cleared before reading, so a commit during the pass kicks the next one.
+        self._outbox_kick.clear()
+        rows = await self._call(self.journal.due_outbox, self._clock())
+        for row in rows:
+            if row.slot_id in self._deliveries:
+                continue  # that slot's head row is already being delivered
+            task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+            self._deliveries[row.slot_id] = task
+            task.add_done_callback(partial(self._delivery_done, row.slot_id))
+        await self._refresh_outbox_counts()
+
+    def _delivery_done(self, slot_id: str, task: asyncio.Task[None]) -> None:
+        if self._deliveries.get(slot_id) is task:
+            del self._deliveries[slot_id]
+        # The slot's next row (if any) is due now.
+        self._outbox_kick.set()
+
+    async def _flush_outbox(self, deadline: float) -> None:
+        """At shutdown: one more pass over due rows, bounded by ``deadline``."""
+        loop = asyncio.get_running_loop()
+        timeout = max(0.0, deadline - loop.time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._outbox_pass()
+                while self._deliveries:
+                    await asyncio.wait(set(self._deliveries.values()))
+                    await self._outbox_pass()
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        """Deliver one row, retrying passing faults with stamina (backoff and jitter)."""
+        update = SlotUpdate(
+            identifier=row.identifier,
+            status=row.status,
+            attempt=row.attempt,
+            summary=row.summary,
+            reason=row.reason,
+            occurred_at=row.occurred_at,
+        )
+        s = self.settings
+        try:
+            async for attempt in stamina.retry_context(
+                on=_retry_hook,
+                attempts=None,
+                timeout=s.outbox_backoff_max_s * 4,
+                wait_initial=s.outbox_backoff_initial_s,
+                wait_max=s.outbox_backoff_max_s,
+                wait_jitter=s.outbox_backoff_initial_s,
+            ):
+                with attempt:
+                    await self._send(row, update)
+        except _RetryLater:
+            pass  # the row keeps its next_try_at; the worker picks it up again later
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivering outbox row %s failed unexpectedly", row.id)
+
+    async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
+        """One try. Raises :class:`_RetryLater` for faults worth retrying."""
+        try:
+            async with asyncio.timeout(self.settings.backend_deadline_s):
+                await self.backend.send_status(row.slot_id, update, row.idempotency_key)
+        except BackendConflictError as exc:
+            held = SlotState(exc.status)
+            event = await self._call(self.journal.settle_conflict, row, held, exc.reason)
+            if event is not None:
+                self._absorb([event])
+                await self._pump(event.agent_id)
+            log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
+            return
+        except BackendRejectedError as exc:
+            await self._call(self.journal.mark_dead, row.id, str(exc))
+            log.error("slot %s: backend cannot take %s: %s", row.slot_id, row.status.value, exc)
+            return
+        except (BackendRefusedError, BackendUnavailableError, TimeoutError) as exc:
+            hint = exc.retry_after if isinstance(exc, BackendUnavailableError) else None
+            self._key_refused = isinstance(exc, BackendRefusedError)
+            if isinstance(exc, TimeoutError):
+                exc = BackendUnavailableError(
+                    f"no answer within {self.settings.backend_deadline_s:g}s"
+                )
+            wait = hint if hint is not None else self.settings.outbox_backoff_initial_s
+            next_try = self._clock() + timedelta(seconds=wait)
+            await self._call(self.journal.mark_retry, row.id, next_try, str(exc))
+            raise _RetryLater(exc, hint) from None
+        except BackendError as exc:
+            await self._call(self.journal.mark_dead, row.id, str(exc))
+            return
+        self._failpoint("after_outbox_send")
+        self._key_refused = False
+        await self._call(self.journal.mark_delivered, row.id)
+
+
+_REPORTED = frozenset({SlotState.in_progress, SlotState.paused} | TERMINAL_STATES)
+
+
+def _opt_time(value: datetime | None) -> str | None:
+    return format_time(value) if value is not None else None
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _describe(exc: BaseException, deadline: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {deadline:g}s"
+    return str(exc)

@@ -1,0 +1,571 @@
+"""Scheduler behaviour against in-memory fakes, one seed defect at a time (DESIGN.md table)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import stamina
+from sqlalchemy import func, select
+
+from calsched.errors import (
+    BackendConflictError,
+    BackendError,
+    BackendRefusedError,
+    BackendRejectedError,
+    BackendUnavailableError,
+    InvalidTransitionError,
+    NoActiveSlotError,
+    StaleSlotError,
+    WakeFailedError,
+)
+from calsched.journal import Journal
+from calsched.journal.schema import events
+from calsched.model import (
+    AgentReport,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RejectedSlot,
+    Slot,
+    SlotState,
+    SlotUpdate,
+    Trigger,
+    utcnow,
+)
+from calsched.ports import WakeRequest
+from calsched.scheduler import Scheduler
+from calsched.settings import QueuePolicy, SchedulerSettings
+
+Factory = Callable[..., Scheduler]
+
+
+class InMemoryBackend:
+    """A scripted backend: lists ``to_fire`` on every beat and records status updates."""
+
+    def __init__(self) -> None:
+        self.to_fire: list[Slot] = []
+        self.restart_pending = False
+        self.heartbeats: list[HeartbeatRequest] = []
+        self.heartbeat_faults: deque[BackendError] = deque()
+        self.status_faults: deque[BackendError] = deque()
+        #: While true, status posts fail as a passing fault (the update is not taken).
+        self.block_status = False
+        #: Every status post tried: (slot_id, update, idempotency_key).
+        self.attempts: list[tuple[str, SlotUpdate, str]] = []
+        #: Acknowledged updates, deduplicated by idempotency key.
+        self.receipts: dict[str, tuple[str, SlotUpdate]] = {}
+
+    async def heartbeat(
+        self, request: HeartbeatRequest
+    ) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
+        """Record the beat; answer with ``to_fire`` (or raise the next scripted fault)."""
+        self.heartbeats.append(request)
+        if self.heartbeat_faults:
+            raise self.heartbeat_faults.popleft()
+        return (
+            HeartbeatResponse(
+                slots_to_fire=list(self.to_fire), restart_pending=self.restart_pending
+            ),
+            [],
+        )
+
+    async def send_status(self, slot_id: str, update: SlotUpdate, idempotency_key: str) -> None:
+        """Record the update (once per key), or raise the next scripted fault."""
+        self.attempts.append((slot_id, update, idempotency_key))
+        if self.status_faults:
+            raise self.status_faults.popleft()
+        if self.block_status:
+            raise BackendUnavailableError("blocked by the test", status_code=503)
+        self.receipts.setdefault(idempotency_key, (slot_id, update))
+
+    def updates_for(self, slot_id: str) -> list[SlotUpdate]:
+        """The acknowledged updates of one slot, in order."""
+        return [u for s, u in self.receipts.values() if s == slot_id]
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class InMemoryHost:
+    """Records wakes; fails wakes for agents in ``fail_agents``; answers ``is_running``."""
+
+    def __init__(self) -> None:
+        self.wakes: list[WakeRequest] = []
+        self.fail_agents: dict[str, str] = {}
+        self.running: set[tuple[str, str]] = set()
+        self.on_wake: Callable[[WakeRequest], None] | None = None
+
+    async def wake_agent(self, request: WakeRequest) -> None:
+        """Record the wake, or fail it for an agent told to fail."""
+        if self.on_wake is not None:
+            self.on_wake(request)
+        cause = self.fail_agents.get(request.agent_id)
+        if cause is not None:
+            raise WakeFailedError(request.agent_id, cause)
+        self.wakes.append(request)
+
+    async def list_agents(self) -> list[AgentReport]:
+        """No agents to report."""
+        return []
+
+    async def is_running(self, agent_id: str, source: str) -> bool | None:
+        """True for pairs the test put in ``running``."""
+        return (agent_id, source) in self.running
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff() -> object:
+    """Retries happen at once in tests (stamina's testing mode)."""
+    with stamina.set_testing(True, attempts=1):
+        yield None
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A journal database file, migrated."""
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    Journal.open(url, "host-a", upgrade=True).close()
+    return url
+
+
+@pytest.fixture
+def backend() -> InMemoryBackend:
+    """A scripted backend that records status updates."""
+    return InMemoryBackend()
+
+
+@pytest.fixture
+def host() -> InMemoryHost:
+    """A host that records wakes."""
+    return InMemoryHost()
+
+
+@pytest.fixture
+async def make(db: str, backend: InMemoryBackend, host: InMemoryHost) -> AsyncIterator[Factory]:
+    """Build schedulers on the shared database; stop and close them all at the end."""
+    made: list[Scheduler] = []
+
+    def factory(**overrides: object) -> Scheduler:
+        settings = SchedulerSettings(identifier="host-a", **overrides)  # type: ignore[arg-type]
+        journal = Journal.open(db, "host-a")
+        sched = Scheduler(settings, journal, backend, host)
+        made.append(sched)
+        return sched
+
+    yield factory
+    for sched in made:
+        await sched.stop()
+        sched.journal.close()
+
+
+def slot(slot_id: str, agent: str = "alice", **extra: object) -> Slot:
+    """A slot as the backend would list it."""
+    return Slot.model_validate({"id": slot_id, "agent_id": agent, "title": "t", **extra})
+
+
+async def beat(sched: Scheduler) -> None:
+    """One heartbeat and everything it leads to."""
+    await sched.heartbeat_once()
+    await sched.idle()
+
+
+def count_events(sched: Scheduler) -> int:
+    """Rows in the append-only events table."""
+    with sched.journal.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+
+async def test_slot_is_journaled_woken_and_reported(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A listed slot is received, dispatched, woken; the backend hears in_progress."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1", prompt_text="do it")]
+    await beat(sched)
+    assert [w.message for w in host.wakes] == ["do it"]
+    assert host.wakes[0].source == "calendar:slot-s1"
+    assert (await sched.current_slot("alice")).state is SlotState.in_progress
+    assert [u.status for u in backend.updates_for("s1")] == [SlotState.in_progress]
+
+
+async def test_wake_happens_only_after_the_dispatch_committed(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Journal first, effects after: at wake time the journal already says dispatching."""
+    sched = make()
+    seen: list[SlotState | None] = []
+
+    def check(request: object) -> None:
+        view = sched.journal.get("s1")
+        seen.append(view.state if view else None)
+
+    host.on_wake = check
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    assert seen == [SlotState.dispatching]
+
+
+async def test_restart_restores_active_slots(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Seed defect: a restart lost active slots. Here they come back, silently."""
+    first = make()
+    await first.recover()
+    backend.to_fire = [slot("s1"), slot("s2", "bob")]
+    await beat(first)
+    await first.pause("bob", "lunch")
+    await first.stop()
+    second = make()
+    await second.recover()
+    states = {v.slot_id: v.state for v in second.active()}
+    assert states == {"s1": SlotState.in_progress, "s2": SlotState.paused}
+    assert len(host.wakes) == 2  # restored silently, not woken again
+
+
+async def test_relisted_slot_after_restart_is_not_woken_twice(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Seed defect: a re-listed slot after restart was woken twice."""
+    first = make()
+    await first.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(first)
+    await first.stop()
+    second = make()
+    await second.recover()
+    await beat(second)  # the backend still lists s1
+    assert len(host.wakes) == 1
+
+
+async def test_failed_status_update_is_retried_with_the_same_key(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Seed defect: status updates were fire-once. The outbox retries until acknowledged."""
+    sched = make(outbox_backoff_initial_s=0.01)
+    await sched.recover()
+    backend.status_faults.extend(
+        [BackendUnavailableError("503", status_code=503), BackendUnavailableError("timeout")]
+    )
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    rows = sched.journal.outbox_rows(slot_id="s1")
+    assert rows[0].delivered_at is None
+    assert rows[0].tries == 1  # one try per pass in stamina testing mode
+    await _until_delivered(sched)
+    assert [u.status for u in backend.updates_for("s1")] == [SlotState.in_progress]
+    keys = [key for slot_id, _update, key in backend.attempts if slot_id == "s1"]
+    assert keys == [rows[0].idempotency_key] * 3
+
+
+async def _until_delivered(sched: Scheduler) -> None:
+    """Let retries become due (the retry wait is tiny in these tests) and deliver."""
+    import asyncio
+
+    for _ in range(100):
+        if sched.journal.outbox_counts().pending == 0:
+            return
+        await asyncio.sleep(0.02)
+        await sched.idle()
+    raise AssertionError("outbox never drained")
+
+
+async def test_resume_from_in_progress_is_rejected_and_writes_nothing(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Seed defect: resume set in_progress from any state."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    before = count_events(sched)
+    with pytest.raises(InvalidTransitionError) as info:
+        await sched.resume("alice")
+    assert (info.value.state, info.value.trigger) == ("in_progress", "resume")
+    assert count_events(sched) == before
+
+
+async def test_queue_policy_runs_the_second_slot_after_the_first(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Seed defect: a second slot overwrote the first. Under queue it waits its turn."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    backend.to_fire = [slot("s1"), slot("s2")]
+    await beat(sched)
+    assert [w.slot_id for w in host.wakes] == ["s1"]
+    assert {v.slot_id: v.state for v in sched.active()}["s2"] is SlotState.pending
+    done = await sched.complete("alice", "ok")
+    assert done.state is SlotState.completed
+    assert done.slot_id == "s1"
+    await sched.idle()
+    assert [w.slot_id for w in host.wakes] == ["s1", "s2"]
+    assert (await sched.current_slot("alice")).slot_id == "s2"
+
+
+async def test_replace_policy_aborts_the_older_slot(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Under replace, the older slot is aborted with reason 'superseded by <id>'."""
+    sched = make(policy=QueuePolicy.replace)
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    backend.to_fire = [slot("s2")]
+    await beat(sched)
+    old = sched.journal.get("s1")
+    assert old is not None
+    assert old.state is SlotState.aborted
+    assert old.reason == "superseded by s2"
+    assert (await sched.current_slot("alice")).slot_id == "s2"
+    assert [u.status for u in backend.updates_for("s1")] == [
+        SlotState.in_progress,
+        SlotState.aborted,
+    ]
+
+
+async def test_backend_hears_every_state_change(make: Factory, backend: InMemoryBackend) -> None:
+    """Seed defect: the backend never heard in_progress. Here it hears every change."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    await sched.pause("alice", "wait")
+    await sched.resume("alice")
+    await sched.complete("alice", "done")
+    await sched.idle()
+    assert [u.status for u in backend.updates_for("s1")] == [
+        SlotState.in_progress,
+        SlotState.paused,
+        SlotState.in_progress,
+        SlotState.completed,
+    ]
+    assert backend.updates_for("s1")[-1].summary == "done"
+
+
+async def test_history_is_full_in_sql_but_capped_in_status(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Seed defect: history was the last 32 in memory. SQL keeps all; status is capped."""
+    sched = make(history_cap=2)
+    await sched.recover()
+    for n in range(4):
+        backend.to_fire = [slot(f"s{n}")]
+        await beat(sched)
+        await sched.complete("alice", f"done {n}")
+    status = sched.status()
+    assert [h["slot_id"] for h in status["history"]] == ["s3", "s2"]
+    assert len(sched.journal.history(state=SlotState.completed)) == 4
+
+
+async def test_tools_without_a_slot_raise_no_active_slot(make: Factory) -> None:
+    """A tool call for an agent with no current slot is a clear error."""
+    sched = make()
+    await sched.recover()
+    with pytest.raises(NoActiveSlotError):
+        await sched.complete("nobody")
+
+
+async def test_a_named_slot_that_is_not_current_is_stale(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Generation fencing: a late call naming an old slot cannot complete the newer one."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    await sched.complete("alice", slot_id="s1")
+    backend.to_fire = [slot("s2")]
+    await beat(sched)
+    with pytest.raises(StaleSlotError):
+        await sched.complete("alice", "late", slot_id="s1")
+    assert (await sched.current_slot("alice")).state is SlotState.in_progress
+
+
+async def test_failed_wake_aborts_the_slot_with_the_cause(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A wake the host refuses aborts the slot with 'wake-agent failed: <cause>'."""
+    sched = make()
+    await sched.recover()
+    host.fail_agents["alice"] = "agent is offline"
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    view = sched.journal.get("s1")
+    assert view is not None
+    assert view.state is SlotState.aborted
+    assert view.reason == "wake-agent failed: agent is offline"
+    assert [u.status for u in backend.updates_for("s1")] == [SlotState.aborted]
+
+
+async def test_misfired_slot_is_aborted_not_woken(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A slot later than the misfire grace is journaled aborted and reported, not woken."""
+    sched = make(misfire_grace_s=60)
+    await sched.recover()
+    backend.to_fire = [slot("s1", scheduled_at=(utcnow() - timedelta(minutes=5)).isoformat())]
+    await beat(sched)
+    view = sched.journal.get("s1")
+    assert view is not None
+    assert view.state is SlotState.aborted
+    assert view.reason is not None
+    assert view.reason.startswith("missed: late by 5m")
+    assert host.wakes == []
+    assert [u.status for u in backend.updates_for("s1")] == [SlotState.aborted]
+
+
+async def test_conflict_reconciles_to_the_backend_status(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """409 with another terminal status journals a reconcile and stops retrying."""
+    sched = make()
+    await sched.recover()
+    backend.status_faults.append(BackendConflictError("409", status="aborted", reason="timed out"))
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    view = sched.journal.get("s1")
+    assert view is not None
+    assert view.state is SlotState.aborted
+    kinds = [e.kind for e in sched.journal.events("s1")]
+    assert kinds[-1] is Trigger.reconcile
+    assert sched.journal.outbox_counts().pending == 0
+    assert sched.active() == []
+
+
+async def test_rejected_update_is_dead_lettered(make: Factory, backend: InMemoryBackend) -> None:
+    """404/400/422 dead-letters the row: kept, counted, not retried."""
+    sched = make()
+    await sched.recover()
+    backend.status_faults.append(BackendRejectedError("404", status_code=404))
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    assert sched.journal.outbox_counts().dead == 1
+    assert sched.status()["outbox"]["dead"] == 1
+
+
+async def test_refused_key_is_flagged_and_retried(make: Factory, backend: InMemoryBackend) -> None:
+    """401/403 keeps retrying and status says the key is refused; the key is not shown."""
+    sched = make(outbox_backoff_initial_s=0.01)
+    await sched.recover()
+    backend.status_faults.append(BackendRefusedError("401", status_code=401))
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    assert sched.status()["backend"]["key_refused"] is True
+    await _until_delivered(sched)
+    assert sched.status()["backend"]["key_refused"] is False
+
+
+async def test_stale_listing_after_terminal_is_ignored_but_later_one_is_a_new_attempt(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A beat sent before the terminal ack is stale; one sent after starts attempt 2."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    await sched.complete("alice")
+    # Not yet acknowledged: the re-listing is skipped.
+    backend.block_status = True
+    await beat(sched)
+    assert len(host.wakes) == 1
+    backend.block_status = False
+    await _until_delivered(sched)
+    await beat(sched)
+    assert len(host.wakes) == 2
+    assert host.wakes[1].attempt == 2
+
+
+async def test_dispatching_slot_is_woken_again_after_a_crash(
+    make: Factory, db: str, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A slot left dispatching by a crash is woken again (at-least-once)."""
+    from calsched.journal import TransitionRequest
+    from calsched.model import Actor
+
+    journal = Journal.open(db, "host-a")
+    journal.apply(TransitionRequest("s1", Trigger.receive, Actor.scheduler, slot=slot("s1")))
+    journal.apply(TransitionRequest("s1", Trigger.dispatch, Actor.scheduler))
+    journal.close()
+    sched = make()
+    await sched.recover()
+    await sched.idle()
+    assert [w.slot_id for w in host.wakes] == ["s1"]
+    assert (await sched.current_slot("alice")).state is SlotState.in_progress
+    assert sched.journal.events("s1")[-1].actor.value == "recovery"
+
+
+async def test_recovery_asks_the_host_before_waking_again(
+    make: Factory, db: str, host: InMemoryHost
+) -> None:
+    """A host that says the agent already runs the slot is not woken twice."""
+    from calsched.journal import TransitionRequest
+    from calsched.model import Actor
+
+    journal = Journal.open(db, "host-a")
+    journal.apply(TransitionRequest("s1", Trigger.receive, Actor.scheduler, slot=slot("s1")))
+    journal.apply(TransitionRequest("s1", Trigger.dispatch, Actor.scheduler))
+    journal.close()
+    host.running.add(("alice", "calendar:slot-s1"))
+    sched = make()
+    await sched.recover()
+    await sched.idle()
+    assert host.wakes == []
+    assert (await sched.current_slot("alice")).state is SlotState.in_progress
+
+
+async def test_failed_heartbeat_is_recorded_and_not_raised(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """A failed beat is logged, shown in status, and the next beat works."""
+    sched = make()
+    await sched.recover()
+    backend.heartbeat_faults.append(BackendUnavailableError("HTTP 503", status_code=503))
+    await sched.heartbeat_once()
+    assert sched.status()["backend"]["last_error"] == "HTTP 503"
+    await sched.heartbeat_once()
+    assert sched.status()["backend"]["last_error"] is None
+
+
+async def test_restart_pending_sets_the_event(make: Factory, backend: InMemoryBackend) -> None:
+    """A beat answering restart_pending sets restart_requested and shows in status."""
+    sched = make()
+    await sched.recover()
+    backend.restart_pending = True
+    await sched.heartbeat_once()
+    assert sched.restart_requested.is_set()
+    assert sched.status()["restart_pending"] is True
+
+
+async def test_heartbeat_reports_every_active_slot(make: Factory, backend: InMemoryBackend) -> None:
+    """Every beat lists all non-terminal slots in active_slots."""
+    sched = make()
+    await sched.recover()
+    backend.to_fire = [slot("s1"), slot("s2")]
+    await beat(sched)
+    backend.to_fire = []
+    await sched.heartbeat_once()
+    reported = {(a.id, a.state) for a in backend.heartbeats[-1].active_slots}
+    assert reported == {("s1", SlotState.in_progress), ("s2", SlotState.pending)}
+
+
+async def test_run_and_stop(make: Factory, backend: InMemoryBackend, host: InMemoryHost) -> None:
+    """start() beats at once; stop() is graceful and flushes the outbox."""
+    import asyncio
+
+    sched = make(heartbeat_interval_s=0.05, outbox_poll_s=0.01)
+    backend.to_fire = [slot("s1")]
+    await sched.start()
+    for _ in range(200):
+        if backend.updates_for("s1"):
+            break
+        await asyncio.sleep(0.01)
+    await sched.stop()
+    assert [w.slot_id for w in host.wakes] == ["s1"]
+    assert [u.status for u in backend.updates_for("s1")] == [SlotState.in_progress]
