@@ -1,0 +1,582 @@
+"""The embedded local calendar: slots to fire and status receipts, in the journal's database.
+
+:class:`LocalCalendar` keeps the tables ``calendar_slots`` and ``calendar_receipts``
+(created by the migrations, beside the journal, so a quickstart needs one file). The
+reference backend (:mod:`calsched.backend.server`) serves it over HTTP, and
+:class:`CalendarBackend` serves it in-process to a scheduler without any HTTP.
+
+How a slot moves through the calendar (its own statuses, not the scheduler's)::
+
+    scheduled --(heartbeat, fire_at <= now)--> fired --(status update)--> in_progress,
+    paused, completed or aborted
+
+- A ``scheduled`` slot whose ``fire_at`` has passed is returned by the next heartbeat
+  and becomes ``fired``, held by that heartbeat's identifier.
+- A ``fired`` slot is returned again on every beat of its holder until a status update
+  arrives for it, so a host that crashed before journaling it gets it again.
+- ``in_progress``/``paused`` slots are not listed; a terminal status stops the slot.
+- Status updates are idempotent by key: a replayed key gets the same answer and records
+  no second receipt. A key reused for a *different* update is refused.
+- If the calendar holds a terminal status, an update to another status is a conflict
+  (:class:`~calsched.errors.BackendConflictError` carrying the held status), unless its
+  attempt is higher than the one held: that is a re-attempt and is accepted. An update
+  repeating the held terminal status is acknowledged.
+- An update for an attempt older than the one held, on a live slot, is acknowledged
+  (and receipted) but not applied: it lost a race with a newer attempt.
+
+Not done, on purpose: a slot a host stops mentioning in ``active_slots`` is not aborted
+by the calendar (the heartbeat stores nothing but the fired marks). Operators see it as
+``in_progress`` with its holder and may :meth:`LocalCalendar.reschedule` it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import anyio.to_thread
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select
+from sqlalchemy import update as update_rows
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql import ColumnElement
+
+from calsched.errors import (
+    BackendConflictError,
+    BackendRejectedError,
+    InvalidInputError,
+    JournalError,
+    SlotNotFoundError,
+)
+from calsched.journal.engine import WRITE
+from calsched.journal.schema import calendar_receipts, calendar_slots
+from calsched.model import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RejectedSlot,
+    Slot,
+    SlotState,
+    SlotUpdate,
+    WakeOptions,
+    format_time,
+    utcnow,
+)
+
+__all__ = [
+    "DEFAULT_BEAT_LIMIT",
+    "CalendarBackend",
+    "CalendarSlot",
+    "CalendarStatus",
+    "LocalCalendar",
+    "Receipt",
+    "StatusOutcome",
+]
+
+Clock = Callable[[], datetime]
+
+#: At most this many slots go into one heartbeat answer, so that the answer stays far
+#: below the client's size cap however many slots fall due at once; the rest follow on
+#: the next beats.
+DEFAULT_BEAT_LIMIT = 256
+_KEY_MAX = 128  # calendar_receipts.idempotency_key is String(128)
+
+
+class CalendarStatus(enum.StrEnum):
+    """Where a slot is in the local calendar."""
+
+    scheduled = "scheduled"
+    fired = "fired"
+    in_progress = "in_progress"
+    paused = "paused"
+    completed = "completed"
+    aborted = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """True for ``completed`` and ``aborted``."""
+        return self in (CalendarStatus.completed, CalendarStatus.aborted)
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarSlot:
+    """One row of ``calendar_slots``."""
+
+    id: str
+    agent_id: str
+    title: str | None
+    prompt_text: str | None
+    fire_at: datetime
+    wake_options: Mapping[str, Any]
+    status: CalendarStatus
+    attempt: int
+    holder: str | None
+    summary: str | None
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_slot(self) -> Slot:
+        """The slot as a heartbeat lists it (``scheduled_at`` is ``fire_at``)."""
+        return Slot(
+            id=self.id,
+            agent_id=self.agent_id,
+            title=self.title,
+            prompt_text=self.prompt_text,
+            scheduled_at=self.fire_at,
+            wake_options=WakeOptions.model_validate(dict(self.wake_options)),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict of every column, times in RFC 3339 UTC."""
+        return {
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "title": self.title,
+            "prompt_text": self.prompt_text,
+            "fire_at": format_time(self.fire_at),
+            "wake_options": dict(self.wake_options),
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "holder": self.holder,
+            "summary": self.summary,
+            "reason": self.reason,
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One accepted status update (a row of ``calendar_receipts``)."""
+
+    idempotency_key: str
+    slot_id: str
+    identifier: str
+    status: SlotState
+    attempt: int
+    body: Mapping[str, Any]
+    received_at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict; also the reference backend's answer to the status post."""
+        return {
+            "idempotency_key": self.idempotency_key,
+            "slot_id": self.slot_id,
+            "identifier": self.identifier,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "body": dict(self.body),
+            "received_at": format_time(self.received_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOutcome:
+    """What :meth:`LocalCalendar.record_status` did.
+
+    ``replayed`` is true when the key had been seen: nothing was written, and ``receipt``
+    is the one recorded the first time. ``applied`` is false for a stale attempt's update
+    that was acknowledged without changing the slot.
+    """
+
+    receipt: Receipt
+    replayed: bool
+    applied: bool
+
+
+def _slot_from(row: RowMapping) -> CalendarSlot:
+    return CalendarSlot(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        title=row["title"],
+        prompt_text=row["prompt_text"],
+        fire_at=row["fire_at"],
+        wake_options=dict(row["wake_options"] or {}),
+        status=CalendarStatus(row["status"]),
+        attempt=row["attempt"],
+        holder=row["holder"],
+        summary=row["summary"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _receipt_from(row: RowMapping) -> Receipt:
+    return Receipt(
+        idempotency_key=row["idempotency_key"],
+        slot_id=row["slot_id"],
+        identifier=row["identifier"],
+        status=SlotState(row["status"]),
+        attempt=row["attempt"],
+        body=dict(row["body"] or {}),
+        received_at=row["received_at"],
+    )
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    # The driver's own sentence, never the statement or its parameters.
+    orig = getattr(exc, "orig", None)
+    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
+
+
+class LocalCalendar:
+    """The embedded calendar, in the database behind ``engine`` (schema from migrations).
+
+    Synchronous (SQLAlchemy Core); call it from a thread when on an event loop. Every
+    method that takes ``now`` uses the calendar's clock when it is omitted. Database
+    failures raise :class:`~calsched.errors.JournalError`.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{WRITE: True})
+                with conn.begin():
+                    yield conn
+        except IntegrityError as exc:
+            raise JournalError(f"calendar write conflicted: {_describe(exc)}") from None
+        except SQLAlchemyError as exc:
+            raise JournalError(f"calendar write failed: {_describe(exc)}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise JournalError(f"calendar read failed: {_describe(exc)}") from None
+
+    # -- slots --------------------------------------------------------------------------
+
+    def add(
+        self,
+        slot_id: str,
+        agent_id: str,
+        *,
+        fire_at: datetime | None = None,
+        title: str | None = None,
+        prompt_text: str | None = None,
+        override_message: str | None = None,
+    ) -> CalendarSlot:
+        """Schedule a new slot to fire at ``fire_at`` (default: now).
+
+        Raises :class:`~calsched.errors.InvalidInputError` for a bad id or an id that is
+        already in the calendar.
+        """
+        now = self._clock()
+        try:
+            # The wire model's rules (non-empty ids, at most 256 characters) apply here too.
+            slot = Slot(
+                id=slot_id,
+                agent_id=agent_id,
+                title=title,
+                prompt_text=prompt_text,
+                scheduled_at=fire_at or now,
+                wake_options=WakeOptions(override_message=override_message),
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInputError(".".join(map(str, first["loc"])), first["msg"]) from None
+        assert slot.scheduled_at is not None
+        with self._write() as conn:
+            exists = conn.execute(
+                select(calendar_slots.c.id).where(calendar_slots.c.id == slot.id)
+            ).first()
+            if exists is not None:
+                raise InvalidInputError("id", f"a slot with the id {slot.id!r} already exists")
+            conn.execute(
+                insert(calendar_slots).values(
+                    id=slot.id,
+                    agent_id=slot.agent_id,
+                    title=slot.title,
+                    prompt_text=slot.prompt_text,
+                    fire_at=slot.scheduled_at,
+                    wake_options=slot.wake_options.to_wire(),
+                    status=CalendarStatus.scheduled.value,
+                    attempt=1,
+                    holder=None,
+                    summary=None,
+                    reason=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return self._get_in(conn, slot.id)
+
+    def get(self, slot_id: str) -> CalendarSlot:
+        """The slot; :class:`~calsched.errors.SlotNotFoundError` if there is none."""
+        with self._read() as conn:
+            return self._get_in(conn, slot_id)
+
+    def reschedule(self, slot_id: str, *, fire_at: datetime | None = None) -> CalendarSlot:
+        """Make a slot ``scheduled`` again at ``fire_at`` (default: now), whatever its status.
+
+        The held attempt is kept: the host that fires it again reports a higher attempt,
+        which the calendar accepts even after a terminal status.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            self._get_in(conn, slot_id, lock=True)
+            conn.execute(
+                update_rows(calendar_slots)
+                .where(calendar_slots.c.id == slot_id)
+                .values(
+                    status=CalendarStatus.scheduled.value,
+                    fire_at=fire_at or now,
+                    holder=None,
+                    updated_at=now,
+                )
+            )
+            return self._get_in(conn, slot_id)
+
+    def list(
+        self, status: CalendarStatus | str | Iterable[CalendarStatus | str] | None = None
+    ) -> builtins.list[CalendarSlot]:
+        """Every slot, or those with ``status`` (one or several), by ``fire_at`` then id."""
+        query = select(calendar_slots).order_by(calendar_slots.c.fire_at, calendar_slots.c.id)
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else builtins.list(status)
+            try:
+                values = [CalendarStatus(s).value for s in wanted]
+            except ValueError:
+                raise InvalidInputError(
+                    "status", f"must be among {[s.value for s in CalendarStatus]}"
+                ) from None
+            query = query.where(calendar_slots.c.status.in_(values))
+        with self._read() as conn:
+            return [_slot_from(row) for row in conn.execute(query).mappings()]
+
+    def due(self, now: datetime | None = None) -> builtins.list[CalendarSlot]:
+        """``scheduled`` slots whose ``fire_at`` has passed (read only)."""
+        at = now or self._clock()
+        with self._read() as conn:
+            return self._due_in(conn, at, holder=None, limit=None)
+
+    def mark_fired(
+        self, slot_ids: Iterable[str], holder: str, *, now: datetime | None = None
+    ) -> None:
+        """Mark ``scheduled`` slots ``fired`` for ``holder``; other statuses are left alone."""
+        ids = sorted(set(slot_ids))
+        if not ids:
+            return
+        with self._write() as conn:
+            self._mark_fired_in(conn, ids, holder, now or self._clock())
+
+    def fire_due(
+        self, identifier: str, *, now: datetime | None = None, limit: int = DEFAULT_BEAT_LIMIT
+    ) -> builtins.list[CalendarSlot]:
+        """Answer a heartbeat from ``identifier`` in one transaction.
+
+        Returns the slots already fired to it and not yet reported on, plus the
+        ``scheduled`` slots now due, which become ``fired`` held by ``identifier``.
+        """
+        at = now or self._clock()
+        with self._write() as conn:
+            listed = self._due_in(conn, at, holder=identifier, limit=limit)
+            fresh = [s.id for s in listed if s.status is CalendarStatus.scheduled]
+            if fresh:
+                self._mark_fired_in(conn, fresh, identifier, at)
+            fired = CalendarStatus.fired
+            return [
+                replace(s, status=fired, holder=identifier, updated_at=at)
+                if s.status is CalendarStatus.scheduled
+                else s
+                for s in listed
+            ]
+
+    # -- status updates -----------------------------------------------------------------
+
+    def record_status(
+        self,
+        slot_id: str,
+        update: SlotUpdate,
+        idempotency_key: str,
+        *,
+        now: datetime | None = None,
+    ) -> StatusOutcome:
+        """Take a status update for ``slot_id``, at most once per ``idempotency_key``.
+
+        Raises :class:`~calsched.errors.SlotNotFoundError` for an unknown slot,
+        :class:`~calsched.errors.BackendConflictError` when the calendar holds another
+        terminal status, and :class:`~calsched.errors.InvalidInputError` for a bad key or a
+        key already used for a different update.
+        """
+        if not idempotency_key or len(idempotency_key) > _KEY_MAX:
+            raise InvalidInputError("Idempotency-Key", f"must be 1 to {_KEY_MAX} characters")
+        at = now or self._clock()
+        with self._write() as conn:
+            # Lock the slot first: concurrent posts for one slot (and replays of one key)
+            # then run one after the other, and the receipt check below sees the winner.
+            held = self._get_in(conn, slot_id, lock=True)
+            previous = (
+                conn.execute(
+                    select(calendar_receipts).where(
+                        calendar_receipts.c.idempotency_key == idempotency_key
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if previous is not None:
+                receipt = _receipt_from(previous)
+                if (receipt.slot_id, receipt.status, receipt.attempt) != (
+                    slot_id,
+                    update.status,
+                    update.attempt,
+                ):
+                    raise InvalidInputError(
+                        "Idempotency-Key", "was already used for a different status update"
+                    )
+                return StatusOutcome(receipt=receipt, replayed=True, applied=True)
+            applied = self._decide(held, update)
+            if applied:
+                conn.execute(
+                    update_rows(calendar_slots)
+                    .where(calendar_slots.c.id == slot_id)
+                    .values(
+                        status=update.status.value,
+                        attempt=max(held.attempt, update.attempt),
+                        holder=update.identifier,
+                        summary=update.summary,
+                        reason=update.reason,
+                        updated_at=at,
+                    )
+                )
+            body = update.to_wire()
+            conn.execute(
+                insert(calendar_receipts).values(
+                    idempotency_key=idempotency_key,
+                    slot_id=slot_id,
+                    identifier=update.identifier,
+                    status=update.status.value,
+                    attempt=update.attempt,
+                    body=body,
+                    received_at=at,
+                )
+            )
+            receipt = Receipt(
+                idempotency_key=idempotency_key,
+                slot_id=slot_id,
+                identifier=update.identifier,
+                status=update.status,
+                attempt=update.attempt,
+                body=body,
+                received_at=at,
+            )
+            return StatusOutcome(receipt=receipt, replayed=False, applied=applied)
+
+    @staticmethod
+    def _decide(held: CalendarSlot, update: SlotUpdate) -> bool:
+        """True to apply, False to acknowledge without applying; raise on a conflict."""
+        if update.attempt > held.attempt:
+            return True  # a re-attempt supersedes whatever the older attempt reached
+        if held.status.terminal:
+            if update.status.value == held.status.value and update.attempt == held.attempt:
+                return False  # the same news again under another key: nothing changes
+            raise BackendConflictError(
+                f"slot {held.id!r} is already {held.status.value}",
+                status=held.status.value,
+                reason=held.reason,
+            )
+        return update.attempt == held.attempt
+
+    def receipts(self, slot_id: str | None = None) -> builtins.list[Receipt]:
+        """Accepted status updates, oldest first; only ``slot_id``'s when given."""
+        query = select(calendar_receipts).order_by(
+            calendar_receipts.c.received_at, calendar_receipts.c.idempotency_key
+        )
+        if slot_id is not None:
+            query = query.where(calendar_receipts.c.slot_id == slot_id)
+        with self._read() as conn:
+            return [_receipt_from(row) for row in conn.execute(query).mappings()]
+
+    # -- helpers inside one transaction -------------------------------------------------
+
+    def _get_in(self, conn: Connection, slot_id: str, *, lock: bool = False) -> CalendarSlot:
+        query = select(calendar_slots).where(calendar_slots.c.id == slot_id)
+        if lock:
+            query = query.with_for_update()  # row lock on PostgreSQL; SQLite locked the file
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise SlotNotFoundError(slot_id)
+        return _slot_from(row)
+
+    def _due_in(
+        self, conn: Connection, now: datetime, *, holder: str | None, limit: int | None
+    ) -> builtins.list[CalendarSlot]:
+        due: ColumnElement[bool] = (calendar_slots.c.status == CalendarStatus.scheduled.value) & (
+            calendar_slots.c.fire_at <= now
+        )
+        if holder is not None:
+            held = (calendar_slots.c.status == CalendarStatus.fired.value) & (
+                calendar_slots.c.holder == holder
+            )
+            due = or_(due, held)
+        query = (
+            select(calendar_slots)
+            .where(due)
+            .order_by(calendar_slots.c.fire_at, calendar_slots.c.id)
+            .limit(limit)
+        )
+        return [_slot_from(row) for row in conn.execute(query).mappings()]
+
+    def _mark_fired_in(
+        self, conn: Connection, ids: builtins.list[str], holder: str, now: datetime
+    ) -> None:
+        conn.execute(
+            update_rows(calendar_slots)
+            .where(calendar_slots.c.id.in_(ids))
+            .where(calendar_slots.c.status == CalendarStatus.scheduled.value)
+            .values(status=CalendarStatus.fired.value, holder=holder, updated_at=now)
+        )
+
+
+class CalendarBackend:
+    """:class:`calsched.ports.Backend` served in-process by a :class:`LocalCalendar`.
+
+    For a daemon with an embedded calendar and no HTTP in between; the calendar's
+    synchronous calls run in a worker thread so the event loop never waits on the
+    database. Errors are those of :class:`~calsched.backend.http.HttpBackend`: an unknown
+    slot or a bad update is :class:`~calsched.errors.BackendRejectedError`, a held
+    terminal status :class:`~calsched.errors.BackendConflictError`.
+    """
+
+    def __init__(self, calendar: LocalCalendar) -> None:
+        self.calendar = calendar
+
+    def __repr__(self) -> str:
+        return f"CalendarBackend({self.calendar.engine.url.render_as_string()!r})"
+
+    async def heartbeat(
+        self, request: HeartbeatRequest
+    ) -> tuple[HeartbeatResponse, builtins.list[RejectedSlot]]:
+        """Fire what is due for ``request.identifier``; nothing is ever rejected."""
+        fired = await anyio.to_thread.run_sync(self.calendar.fire_due, request.identifier)
+        return HeartbeatResponse(slots_to_fire=[s.to_slot() for s in fired]), []
+
+    async def send_status(self, slot_id: str, update: SlotUpdate, idempotency_key: str) -> None:
+        """Record the update, once per key."""
+        try:
+            await anyio.to_thread.run_sync(
+                self.calendar.record_status, slot_id, update, idempotency_key
+            )
+        except SlotNotFoundError as exc:
+            raise BackendRejectedError(str(exc), status_code=404) from exc
+        except InvalidInputError as exc:
+            raise BackendRejectedError(str(exc), status_code=422) from exc
+
+    async def aclose(self) -> None:
+        """Nothing to release: the engine belongs to the caller."""
