@@ -21,6 +21,8 @@ depends_on: str | Sequence[str] | None = None
 _STATES = "'pending','dispatching','in_progress','paused','completed','aborted'"
 _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _TS = sa.DateTime(timezone=True)
+# Check constraints are named with op.f(): the target metadata's naming convention would
+# otherwise prefix these full names again ("ck_events_ck_events_attempt").
 
 _SLOT_HISTORY = """
 CREATE VIEW slot_history AS
@@ -57,8 +59,8 @@ def upgrade() -> None:
         sa.Column("recorded_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("seq", name="pk_events"),
         sa.UniqueConstraint("event_id", name="uq_events_event_id"),
-        sa.CheckConstraint(f"state_to IN ({_STATES})", name="ck_events_state_to"),
-        sa.CheckConstraint("attempt >= 1", name="ck_events_attempt"),
+        sa.CheckConstraint(f"state_to IN ({_STATES})", name=op.f("ck_events_state_to")),
+        sa.CheckConstraint("attempt >= 1", name=op.f("ck_events_attempt")),
     )
     op.create_index("ix_events_slot", "events", ["identifier", "slot_id", "seq"])
     op.create_index("ix_events_recorded_at", "events", ["recorded_at"])
@@ -79,7 +81,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text, nullable=True),
         sa.Column("last_seq", _SEQ, nullable=False),
         sa.PrimaryKeyConstraint("identifier", "slot_id", name="pk_slots"),
-        sa.CheckConstraint(f"state IN ({_STATES})", name="ck_slots_state"),
+        sa.CheckConstraint(f"state IN ({_STATES})", name=op.f("ck_slots_state")),
     )
     op.create_index("ix_slots_state", "slots", ["identifier", "state"])
     op.create_index("ix_slots_agent", "slots", ["identifier", "agent_id", "state"])
@@ -105,7 +107,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["event_seq"], ["events.seq"], name="fk_outbox_event_seq_events"),
         sa.UniqueConstraint("event_seq", name="uq_outbox_event_seq"),
         sa.CheckConstraint(
-            "status IN ('in_progress','paused','completed','aborted')", name="ck_outbox_status"
+            "status IN ('in_progress','paused','completed','aborted')",
+            name=op.f("ck_outbox_status"),
         ),
     )
     op.create_index(
@@ -131,7 +134,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_calendar_slots"),
         sa.CheckConstraint(
             "status IN ('scheduled','fired','in_progress','paused','completed','aborted')",
-            name="ck_calendar_slots_status",
+            name=op.f("ck_calendar_slots_status"),
         ),
     )
     op.create_index("ix_calendar_slots_due", "calendar_slots", ["status", "fire_at"])
