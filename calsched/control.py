@@ -1,0 +1,416 @@
+"""The local control API agents use for their slot tools (protocol section 2).
+
+Every request goes through, in this order:
+
+1. the **Host check** (DNS rebinding): the ``Host`` header, without its port, must be one
+   of ``allowed_hosts``, else 403 ``forbidden_host``. It applies to every route, ``/healthz``
+   included: a loopback probe names ``127.0.0.1`` anyway, and one rule is easier to trust
+   than a list of exceptions. A request without a ``Host`` header is refused the same way.
+2. **authentication** (every route but ``/healthz``): ``Authorization: Bearer <token>`` with
+   the admin token or an agent token (:mod:`calsched.tokens`); else 401 ``unauthorized``.
+3. **authorization**: an agent token acts only on its own ``/v1/agents/<id>/…`` routes;
+   elsewhere it gets 403 ``forbidden``.
+4. the **body** (POST): at most ``max_body`` bytes, counted while it streams in (a
+   ``Content-Length`` is not trusted), else 413 ``too_large``; it must be a JSON object
+   (400 ``bad_request``; an empty body counts as ``{}``); its fields must have the right
+   types and ``summary``/``reason`` at most ``max_field`` UTF-8 bytes (422 ``invalid``).
+   Unknown fields are ignored. ``slot_id``, if given, fences the call to that slot: a
+   call for a slot that is no longer current is 409 ``stale_slot``.
+
+Errors are ``{"error": code, "message": text}``. Errors of the tools map to
+``no_active_slot`` 404, ``invalid_transition`` 409, ``stale_slot`` 409 and ``invalid``
+422; anything else is 500 ``internal`` with a fixed message (the details go to the log,
+never a traceback to the client). Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from calsched.errors import (
+    CalschedError,
+    ConfigError,
+    InvalidInputError,
+    InvalidTransitionError,
+    NoActiveSlotError,
+    StaleSlotError,
+)
+from calsched.metrics import CONTENT_TYPE, Metrics
+from calsched.model import parse
+from calsched.ports import SlotTools
+from calsched.tokens import MAX_AGENT_ID, MIN_SECRET_BYTES, agent_of_token, verify_admin_token
+
+__all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
+    "MAX_BODY",
+    "MAX_FIELD",
+    "ControlServer",
+    "create_control_app",
+    "serve_control",
+]
+
+log = logging.getLogger("calsched.control")
+
+#: The names a loopback client puts in ``Host``.
+DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+#: Largest request body, in bytes.
+MAX_BODY = 64 * 1024
+#: Largest ``summary`` or ``reason``, in UTF-8 bytes.
+MAX_FIELD = 8 * 1024
+
+# A host name or bracketed IPv6 literal, then an optional numeric port; nothing else.
+_HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]/@\s]+)(?::[0-9]{1,5})?")
+
+_SlotId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_AGENT_ID)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    slot_id: _SlotId | None = None
+
+
+class _CompleteBody(_Body):
+    summary: str | None = None
+
+
+class _ReasonBody(_Body):
+    reason: str | None = None
+
+
+B = TypeVar("B", bound=_Body)
+
+
+class _ApiError(Exception):
+    """An answer other than 2xx, raised anywhere below an endpoint."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+        super().__init__(message)
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _mapped(exc: CalschedError) -> _ApiError | None:
+    """The protocol's answer for an error of the tools; ``None`` for an internal one."""
+    if isinstance(exc, NoActiveSlotError):
+        return _ApiError(404, "no_active_slot", str(exc))
+    if isinstance(exc, StaleSlotError):
+        return _ApiError(409, "stale_slot", str(exc))
+    if isinstance(exc, InvalidTransitionError):
+        return _ApiError(409, "invalid_transition", str(exc))
+    if isinstance(exc, InvalidInputError):
+        return _ApiError(422, "invalid", str(exc))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """Who a valid token speaks for: the admin, or one agent."""
+
+    agent_id: str | None
+
+    @property
+    def admin(self) -> bool:
+        return self.agent_id is None
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _endpoint(handler: Endpoint) -> Endpoint:
+    """Turn every failure of ``handler`` into the protocol's error body."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except _ApiError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.headers)
+        except CalschedError as exc:
+            api = _mapped(exc)
+            if api is not None:
+                return _error(api.status, api.code, api.message)
+            log.error("control API: %s %s failed: %s", request.method, request.url.path, exc)
+            return _error(500, "internal", "internal error; see the calsched log")
+        except Exception:
+            # The traceback goes to the log only; the client learns nothing of our insides.
+            log.exception("control API: %s %s failed", request.method, request.url.path)
+            return _error(500, "internal", "internal error; see the calsched log")
+
+    return run
+
+
+class _ControlApi:
+    """The route handlers, bound to one set of tools, secret and limits."""
+
+    def __init__(
+        self,
+        tools: SlotTools,
+        secret: bytes,
+        metrics: Metrics | None,
+        max_body: int,
+        max_field: int,
+    ) -> None:
+        self.tools = tools
+        self.secret = secret
+        self.metrics = metrics
+        self.max_body = max_body
+        self.max_field = max_field
+
+    # -- who is calling -------------------------------------------------------------------
+
+    def _caller(self, request: Request) -> _Caller:
+        """The caller a valid bearer token names; 401 without one."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            if verify_admin_token(self.secret, token):
+                return _Caller(agent_id=None)
+            agent_id = agent_of_token(self.secret, token)
+            if agent_id is not None:
+                return _Caller(agent_id=agent_id)
+        raise _ApiError(
+            401,
+            "unauthorized",
+            "a valid token is required: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    def _admin(self, request: Request) -> None:
+        if not self._caller(request).admin:
+            raise _ApiError(403, "forbidden", "this route needs the admin token")
+
+    def _agent(self, request: Request) -> str:
+        """The route's agent id, once the caller may act for it."""
+        caller = self._caller(request)
+        agent_id: str = request.path_params["agent_id"]
+        if not caller.admin and caller.agent_id != agent_id:
+            raise _ApiError(403, "forbidden", "an agent token acts only on its own agent's routes")
+        if len(agent_id) > MAX_AGENT_ID:
+            raise _ApiError(422, "invalid", f"agent_id: at most {MAX_AGENT_ID} characters")
+        return agent_id
+
+    # -- reading the body -----------------------------------------------------------------
+
+    async def _read(self, request: Request) -> bytes:
+        too_large = _ApiError(413, "too_large", f"the body is over {self.max_body} bytes")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise too_large  # honest and too big: no need to read it
+        body = bytearray()
+        # Counted as it arrives: a small Content-Length may be a lie.
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body:
+                raise too_large
+        return bytes(body)
+
+    async def _body(self, request: Request, model: type[B]) -> B:
+        raw = await self._read(request)
+        if not raw.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise _ApiError(400, "bad_request", "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise _ApiError(400, "bad_request", "the body must be a JSON object")
+        body = parse(model, data)  # InvalidInputError -> 422 invalid, naming the field
+        for name in ("summary", "reason"):
+            value = getattr(body, name, None)
+            if value is not None:
+                self._check_text(name, value)
+        return body
+
+    def _check_text(self, name: str, value: str) -> None:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+            raise _ApiError(422, "invalid", f"{name}: must be valid Unicode") from None
+        if size > self.max_field:
+            raise _ApiError(
+                422, "invalid", f"{name}: {size} bytes, at most {self.max_field} allowed"
+            )
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def status(self, request: Request) -> Response:
+        self._admin(request)
+        return JSONResponse(self.tools.status())
+
+    async def metrics_text(self, request: Request) -> Response:
+        self._admin(request)
+        if self.metrics is None:
+            raise _ApiError(404, "not_found", "metrics are not enabled")
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def slot(self, request: Request) -> Response:
+        agent_id = self._agent(request)
+        return JSONResponse((await self.tools.current_slot(agent_id)).to_wire())
+
+    async def complete(self, request: Request) -> Response:
+        agent_id = self._agent(request)
+        body = await self._body(request, _CompleteBody)
+        view = await self.tools.complete(agent_id, body.summary, slot_id=body.slot_id)
+        return JSONResponse(view.to_wire())
+
+    async def abort(self, request: Request) -> Response:
+        agent_id = self._agent(request)
+        body = await self._body(request, _ReasonBody)
+        view = await self.tools.abort(agent_id, body.reason, slot_id=body.slot_id)
+        return JSONResponse(view.to_wire())
+
+    async def pause(self, request: Request) -> Response:
+        agent_id = self._agent(request)
+        body = await self._body(request, _ReasonBody)
+        view = await self.tools.pause(agent_id, body.reason, slot_id=body.slot_id)
+        return JSONResponse(view.to_wire())
+
+    async def resume(self, request: Request) -> Response:
+        agent_id = self._agent(request)
+        body = await self._body(request, _Body)
+        view = await self.tools.resume(agent_id, slot_id=body.slot_id)
+        return JSONResponse(view.to_wire())
+
+
+class _HostCheck:
+    """ASGI middleware: refuse requests whose ``Host`` is not a loopback name we serve.
+
+    A web page on ``evil.example`` whose DNS later points at 127.0.0.1 sends
+    ``Host: evil.example``; refusing it keeps a browser from reaching the API.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._ok(scope):
+            response = _error(
+                403,
+                "forbidden_host",
+                "the Host header must name one of: " + ", ".join(sorted(self.allowed)),
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _ok(self, scope: Scope) -> bool:
+        values = [v for k, v in scope["headers"] if k == b"host"]
+        if len(values) != 1:  # none, or an ambiguous pair
+            return False
+        match = _HOST_HEADER.fullmatch(values[0].decode("latin-1").strip().lower())
+        return match is not None and match.group(1) in self.allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in the protocol's error shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+def create_control_app(
+    tools: SlotTools,
+    *,
+    secret: bytes,
+    metrics: Metrics | None = None,
+    allowed_hosts: Sequence[str] = DEFAULT_ALLOWED_HOSTS,
+    max_body: int = MAX_BODY,
+    max_field: int = MAX_FIELD,
+) -> Starlette:
+    """The control API (protocol section 2) serving ``tools``, as an ASGI app.
+
+    ``secret`` is the daemon secret tokens are derived from (:mod:`calsched.tokens`);
+    ``metrics``, if given, is served at ``/metrics``; ``allowed_hosts`` are the names
+    accepted in the ``Host`` header (an IPv6 address in brackets, as in ``[::1]``).
+    Raises :class:`~calsched.errors.ConfigError` for an unusable setting.
+    """
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the control secret must be at least {MIN_SECRET_BYTES} bytes long")
+    if isinstance(allowed_hosts, str) or not allowed_hosts:
+        raise ConfigError("allowed_hosts must be a non-empty list of host names")
+    if max_body < 1 or max_field < 1:
+        raise ConfigError("max_body and max_field must be positive")
+    api = _ControlApi(tools, secret, metrics, max_body, max_field)
+    agent = "/v1/agents/{agent_id}/slot"
+    routes = [
+        Route("/healthz", _endpoint(api.healthz), methods=["GET"]),
+        Route("/v1/status", _endpoint(api.status), methods=["GET"]),
+        Route("/metrics", _endpoint(api.metrics_text), methods=["GET"]),
+        Route(agent, _endpoint(api.slot), methods=["GET"]),
+        Route(f"{agent}/complete", _endpoint(api.complete), methods=["POST"]),
+        Route(f"{agent}/abort", _endpoint(api.abort), methods=["POST"]),
+        Route(f"{agent}/pause", _endpoint(api.pause), methods=["POST"]),
+        Route(f"{agent}/resume", _endpoint(api.resume), methods=["POST"]),
+    ]
+    allowed = frozenset(host.strip().lower() for host in allowed_hosts)
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_HostCheck, allowed=allowed)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+class ControlServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT/SIGTERM to its owner.
+
+    uvicorn's own handlers would take the signals from the daemon, whose shutdown must stop
+    the scheduler and flush the outbox first; the owner stops this server by setting
+    ``should_exit = True``.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Install no signal handlers (see the class docstring)."""
+        yield
+
+
+def serve_control(app: ASGIApp, host: str = "127.0.0.1", port: int = 8765) -> ControlServer:
+    """A :class:`ControlServer` for ``app``, configured but not started.
+
+    Run it with ``await server.serve()``; stop it with ``server.should_exit = True``.
+    Logging is left to the application (no uvicorn log config, no access log) and no
+    proxy headers are trusted.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    return ControlServer(config)
