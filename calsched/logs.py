@@ -1,0 +1,133 @@
+"""Logging set-up: structlog, one line per event, human key=value or JSON.
+
+Both structlog loggers and the standard library's (uvicorn, alembic, our adapters if they
+use ``logging``) go through one handler with the same processors, so every line has the
+same shape. Values under secret-looking keys are redacted before rendering, as a second
+line of defence: calsched never logs a secret on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ["REDACTED", "configure_logging", "redact_secrets"]
+
+REDACTED = "[redacted]"
+
+# Keys whose value is a secret wherever it appears in an event.
+_SECRET_KEYS = frozenset(
+    {"api_key", "authorization", "password", "secret", "token", "backend_api_key"}
+)
+
+# Chatty libraries: one line per HTTP request (httpx), per state callback (transitions),
+# per migration context (alembic). Their warnings still show; at debug level, everything.
+_QUIET = ("httpx", "httpcore", "transitions", "alembic", "uvicorn.access")
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def redact_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    """structlog processor: replace the value of every secret-looking key."""
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS or key.lower().endswith(("_token", "_secret")):
+            event[key] = REDACTED
+    return event
+
+
+def _exception_on_one_line(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    # The key=value format keeps one line per event: an exception is summarised as
+    # "Type: message"; the JSON format keeps the whole traceback (escaped, still one line).
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc: BaseException | None = exc_info
+        elif isinstance(exc_info, tuple):
+            exc = exc_info[1]
+        else:
+            exc = None
+        if exc is not None:
+            event["exc"] = f"{type(exc).__name__}: {exc}"
+    return event
+
+
+def _escape_newlines(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    for key, value in event.items():
+        if isinstance(value, str) and ("\n" in value or "\r" in value):
+            event[key] = value.replace("\r", "\\r").replace("\n", "\\n")
+    return event
+
+
+def configure_logging(
+    *, json_format: bool = False, level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr), one line per event.
+
+    Idempotent: calling it again replaces the handler it installed before.
+    """
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: list[Processor]
+    if json_format:
+        renderer = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        renderer = [
+            _exception_on_one_line,
+            _escape_newlines,
+            structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0),
+        ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+    )
+    handler = _CalschedHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _CalschedHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root_level = _LEVELS.get(level.lower(), logging.INFO)
+    root.setLevel(root_level)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(root_level, logging.WARNING))
+    # uvicorn configures its own handlers unless told not to; ours are enough.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+class _CalschedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs (so a second call can find it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record; a closed stream (tests, shutdown) is not an error."""
+        if getattr(self.stream, "closed", False):
+            return
+        super().emit(record)
