@@ -1,0 +1,237 @@
+"""The ``calsched`` command: the daemon, the journal's reports, and the agents' tools.
+
+Every command reads the configuration once (:func:`calsched.config.load_config`: defaults
+< TOML file < ``CALSCHED_*`` < flags) and passes it down. Every
+:class:`~calsched.errors.CalschedError` ends the command with ``error: <message>`` on
+stderr and exit status 1; a usage mistake (a missing option, a bad choice) with one
+``error:`` line and status 2. Neither shows a traceback.
+
+This module is the root: the app, its error handling and global options, and ``run``.
+The other commands live in :mod:`calsched.commands` by concept and are registered at the
+bottom; another module adds a command with :func:`register` (``calsched demo``). Heavy
+imports (uvicorn, starlette, the adapters) happen inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from calsched import __version__
+from calsched.commands import calendar, control, journal
+from calsched.commands.common import EXIT_ERROR, EXIT_USAGE, CliState, config_of, fail
+from calsched.daemon import EXIT_RESTART, run_daemon
+from calsched.errors import CalschedError
+
+__all__ = ["EXIT_ERROR", "EXIT_RESTART", "EXIT_USAGE", "app", "main", "register"]
+
+
+# -- errors: one line, no traceback ------------------------------------------------------
+
+
+class _Group(typer.core.TyperGroup):
+    """The root group: maps errors to one ``error:`` line and an exit status."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; a :class:`CalschedError` becomes ``error: ...`` and status 1."""
+        try:
+            return super().invoke(ctx)
+        except CalschedError as exc:
+            fail(str(exc))
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Like typer's ``main``, but a usage error is one ``error:`` line (status 2)."""
+        if not standalone_mode:
+            return super().main(
+                args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra
+            )
+        try:
+            result = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+        except typer.TyperException as exc:  # click's ClickException, as typer vendors it
+            hint = ""
+            usage_ctx = getattr(exc, "ctx", None)
+            if usage_ctx is not None:
+                hint = f" (see `{usage_ctx.command_path} --help`)"
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(EXIT_ERROR)
+        # Without standalone mode, typer returns the status of a typer.Exit.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _help_if_bare(ctx: typer.Context) -> None:
+    """A group called without a command prints its help (status 0)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="calsched",
+    cls=_Group,
+    help="Crash-tolerant calendar-slot scheduler for AI-agent hosts.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+slots_app = typer.Typer(help="The embedded local calendar (used when no backend_url is set).")
+journal_app = typer.Typer(help="Check or rebuild the journal's slots projection.")
+db_app = typer.Typer(help="The database schema (Alembic migrations).")
+backend_app = typer.Typer(help="The reference calendar backend.")
+for _sub, _name in (
+    (slots_app, "slots"),
+    (journal_app, "journal"),
+    (db_app, "db"),
+    (backend_app, "backend"),
+):
+    _sub.callback(invoke_without_command=True)(_help_if_bare)
+    app.add_typer(_sub, name=_name)
+
+
+def register(name: str, command: Callable[..., Any]) -> None:
+    """Add a top-level command from another module (``calsched demo``)."""
+    app.command(name)(command)
+
+
+# -- the root command and global options --------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"calsched {__version__}")
+        raise typer.Exit()
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="PATH",
+        help="TOML configuration file (default: $CALSCHED_CONFIG, else the user config file).",
+        dir_okay=False,
+    ),
+]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Journal database URL (SQLAlchemy); overrides the config."),
+    ] = None,
+    identifier: Annotated[
+        str | None, typer.Option(help="This plugin instance's name in the journal.")
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """calsched: heartbeat a calendar backend, wake agents for their slots, journal it all."""
+    ctx.obj = CliState(
+        config_path=config, flags={"database_url": database_url, "identifier": identifier}
+    )
+    _help_if_bare(ctx)
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    backend_url: Annotated[
+        str | None,
+        typer.Option(help="Calendar backend base URL (default: the embedded local calendar)."),
+    ] = None,
+    control_host: Annotated[
+        str | None, typer.Option(help="Address the control API binds (default 127.0.0.1).")
+    ] = None,
+    control_port: Annotated[
+        int | None, typer.Option(help="Port of the control API (default 8765).")
+    ] = None,
+    heartbeat_interval: Annotated[
+        float | None, typer.Option(help="Seconds between heartbeats (default 30).")
+    ] = None,
+    log_json: Annotated[
+        bool | None, typer.Option("--log-json/--log-text", help="Log lines as JSON.")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (default info).")
+    ] = None,
+    exit_on_restart: Annotated[
+        bool,
+        typer.Option(help=f"Exit with status {EXIT_RESTART} when the backend asks for a restart."),
+    ] = False,
+) -> None:
+    """Run the daemon: heartbeat, wake agents, serve the control API, until SIGTERM/SIGINT.
+
+    Example: calsched run --log-json
+    """
+    from calsched.logs import configure_logging
+
+    cfg = config_of(
+        ctx,
+        backend_url=backend_url,
+        control={"host": control_host, "port": control_port},
+        scheduler={"heartbeat_interval_s": heartbeat_interval},
+        log_json=log_json,
+        log_level=log_level,
+    )
+    configure_logging(json_format=cfg.log_json, level=cfg.log_level)
+    code = run_daemon(cfg, exit_on_restart=exit_on_restart)
+    if code:
+        raise typer.Exit(code)
+
+
+# -- the other commands ------------------------------------------------------------------
+
+app.command()(journal.history)
+app.command()(journal.events)
+journal_app.command("verify")(journal.journal_verify)
+journal_app.command("rebuild")(journal.journal_rebuild)
+db_app.command("upgrade")(journal.db_upgrade)
+db_app.command("current")(journal.db_current)
+app.command()(control.token)
+app.command()(control.slot)
+app.command()(control.complete)
+app.command()(control.abort)
+app.command()(control.pause)
+app.command()(control.resume)
+app.command()(control.status)
+slots_app.command("add")(calendar.slots_add)
+slots_app.command("list")(calendar.slots_list)
+backend_app.command("serve")(calendar.backend_serve)
+
+
+def main() -> None:
+    """Console-script entry point (``calsched``)."""
+    app()
+
+
+# -- commands defined elsewhere: one line each -------------------------------------------
+# `calsched demo` lives in calsched/demo.py; it is registered here with
+#     from calsched.demo import demo_command
+#     register("demo", demo_command)

@@ -1,0 +1,1 @@
+"""The ``calsched`` subcommands, by concept; :mod:`calsched.cli` registers them."""

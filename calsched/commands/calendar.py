@@ -1,0 +1,141 @@
+"""The embedded local calendar: ``slots add|list`` and ``backend serve``.
+
+The calendar lives in the journal's database (tables ``calendar_slots`` and
+``calendar_receipts``); ``calsched run`` without a ``backend_url`` fires its slots.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from calsched.backend.calendar import CalendarStatus
+from calsched.commands.common import (
+    AgentOption,
+    JsonOption,
+    config_of,
+    console,
+    fail,
+    open_journal,
+    parse_when,
+    print_json,
+    short_time,
+)
+
+__all__ = ["backend_serve", "slots_add", "slots_list"]
+
+
+def slots_add(
+    ctx: typer.Context,
+    agent: AgentOption,
+    slot_id: Annotated[
+        str | None, typer.Option("--id", help="Slot id (default: a new random one).")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="A short title.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="What the agent is told.")] = None,
+    at: Annotated[str, typer.Option(help="When it fires: now, +30s, +5m, or RFC 3339.")] = "now",
+    override_message: Annotated[
+        str | None, typer.Option(help="Sent instead of the prompt when the agent is woken.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Schedule a slot in the embedded local calendar (same database as the journal).
+
+    Example: calsched slots add --agent bob --title "Daily report" --prompt "Write it" --at +5m
+    """
+    from calsched.backend.calendar import LocalCalendar
+
+    fire_at = parse_when(at, option="--at")
+    new_id = slot_id or f"s-{uuid.uuid4().hex[:12]}"
+    cfg = config_of(ctx)
+    with open_journal(cfg, upgrade=True) as journal:
+        added = LocalCalendar(journal.engine).add(
+            new_id,
+            agent,
+            fire_at=fire_at,
+            title=title,
+            prompt_text=prompt,
+            override_message=override_message,
+        )
+    row = added.to_wire()
+    if as_json:
+        print_json(row)
+    else:
+        typer.echo(f"added slot {row['id']} for agent {row['agent_id']} at {row['fire_at']}")
+
+
+def slots_list(
+    ctx: typer.Context,
+    status: Annotated[
+        list[CalendarStatus] | None,
+        typer.Option("--status", help="Only slots with this calendar status (repeatable)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the embedded calendar's slots, by fire time, with their status there.
+
+    Example: calsched slots list --status scheduled --json
+    """
+    from calsched.backend.calendar import LocalCalendar
+
+    cfg = config_of(ctx)
+    with open_journal(cfg) as journal:
+        found = LocalCalendar(journal.engine).list([s.value for s in status] if status else None)
+    rows = [entry.to_wire() for entry in found]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("slot", "agent", "title", "fires at", "status", "attempt", "summary / reason")
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["agent_id"],
+            row.get("title") or "",
+            short_time(row["fire_at"]),
+            row["status"],
+            str(row.get("attempt")),
+            row.get("summary") or row.get("reason") or "",
+        )
+    console().print(table)
+    if not rows:
+        typer.echo("the calendar is empty", err=True)
+
+
+# -- the reference backend over HTTP -----------------------------------------------------
+
+
+def backend_serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8780,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="File holding the API key clients must send (else CALSCHED_BACKEND_API_KEY).",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve the embedded calendar as the reference backend over HTTP (needs an API key).
+
+    Example: CALSCHED_BACKEND_API_KEY=... calsched backend serve --port 8780
+    """
+    from calsched.daemon import serve_backend
+    from calsched.logs import configure_logging
+
+    cfg = config_of(ctx, backend_api_key_file=api_key_file)
+    configure_logging(json_format=cfg.log_json, level=cfg.log_level)
+    key = cfg.backend_key()
+    if key is None:
+        fail(
+            "the reference backend needs an API key: set CALSCHED_BACKEND_API_KEY "
+            "or pass --api-key-file PATH"
+        )
+    serve_backend(cfg, key.get_secret_value(), host=host, port=port)

@@ -1,0 +1,267 @@
+"""The agents' tools and the daemon's status, through the control API (protocol section 2).
+
+``slot``, ``complete``, ``abort``, ``pause`` and ``resume`` send the agent token
+(``CALSCHED_TOKEN``, else computed from the control secret file); ``status`` sends the
+admin token. A protocol error (``{"error": ..., "message": ...}``) or no answer at all
+ends the command with one ``error:`` line and status 1. ``token`` prints tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.table import Table
+
+from calsched.commands.common import (
+    EXIT_USAGE,
+    AgentOption,
+    JsonOption,
+    config_of,
+    console,
+    fail,
+    print_json,
+    short_time,
+)
+from calsched.config import Config
+
+__all__ = ["TOKEN_ENV", "abort", "complete", "pause", "resume", "slot", "status", "token"]
+
+#: The agent token an agent's tool calls use, when set (else computed from the secret).
+TOKEN_ENV = "CALSCHED_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+def _secret(cfg: Config, *, create: bool) -> bytes:
+    from calsched.tokens import load_or_create_secret
+
+    path = cfg.control.secret_file.expanduser()
+    if not create and not path.exists():
+        fail(
+            f"no control secret at {path}: start `calsched run` first "
+            f"(or set {TOKEN_ENV} to an agent token)"
+        )
+    return load_or_create_secret(path)
+
+
+def token(
+    ctx: typer.Context,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Print this agent's token.")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Print the admin token.")] = False,
+) -> None:
+    """Print a bearer token for the control API (makes the secret file if missing).
+
+    Example: calsched token --agent bob
+    """
+    from calsched.tokens import admin_token, agent_token
+
+    if (agent is None) == (not admin):
+        fail("give exactly one of --agent ID or --admin", EXIT_USAGE)
+    cfg = config_of(ctx)
+    secret = _secret(cfg, create=True)
+    typer.echo(admin_token(secret) if admin else agent_token(secret, agent or ""))
+
+
+def _control_call(
+    cfg: Config, method: str, path: str, bearer: str, body: Mapping[str, Any] | None = None
+) -> Any:
+    """One control API request; a protocol error or no answer ends the command (exit 1)."""
+    import httpx
+
+    url = cfg.control.url
+    try:
+        with httpx.Client(base_url=url, timeout=30.0) as client:
+            response = client.request(
+                method, path, json=body, headers={"Authorization": f"Bearer {bearer}"}
+            )
+    except httpx.ConnectError:
+        fail(f"cannot reach the control API at {url}: is `calsched run` running?")
+    except httpx.TimeoutException:
+        fail(f"the control API at {url} did not answer in time")
+    except httpx.HTTPError as exc:
+        fail(f"control API request failed: {type(exc).__name__}")
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.is_success:
+        return data
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return fail(f"{data['message']} ({data.get('error', 'error')})")
+    return fail(f"the control API answered HTTP {response.status_code}")
+
+
+def _agent_bearer(cfg: Config, agent_id: str) -> str:
+    from calsched.tokens import agent_token
+
+    given = os.environ.get(TOKEN_ENV)
+    if given:
+        return given
+    return agent_token(_secret(cfg, create=False), agent_id)
+
+
+def _agent_tool(
+    ctx: typer.Context,
+    agent_id: str,
+    action: str | None,
+    body: Mapping[str, Any] | None,
+    as_json: bool,
+) -> None:
+    cfg = config_of(ctx)
+    path = f"/v1/agents/{quote(agent_id, safe='')}/slot"
+    if action is not None:
+        path += f"/{action}"
+    method = "GET" if action is None else "POST"
+    data = _control_call(cfg, method, path, _agent_bearer(cfg, agent_id), body)
+    if as_json:
+        print_json(data)
+        return
+    _print_slot(data)
+
+
+def _print_slot(data: Any) -> None:
+    if not isinstance(data, Mapping):
+        print_json(data)
+        return
+    slot = data.get("slot") or {}
+    line = f"slot {slot.get('id')} of agent {slot.get('agent_id')}: {data.get('state')}"
+    line += f" (attempt {data.get('attempt')})"
+    typer.echo(line)
+    for key in ("title", "prompt_text"):
+        if slot.get(key):
+            typer.echo(f"  {key}: {slot[key]}")
+    for key in ("started_at", "last_change", "summary", "reason"):
+        if data.get(key):
+            typer.echo(f"  {key}: {data[key]}")
+
+
+def _body(**fields: str | None) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+SlotIdOption = Annotated[
+    str | None,
+    typer.Option("--slot", help="The slot you mean; refused if it is not the current one."),
+]
+
+
+def slot(ctx: typer.Context, agent: AgentOption, as_json: JsonOption = False) -> None:
+    """Show the agent's current slot (control API).
+
+    Example: calsched slot --agent bob
+    """
+    _agent_tool(ctx, agent, None, None, as_json)
+
+
+def complete(
+    ctx: typer.Context,
+    agent: AgentOption,
+    summary: Annotated[str | None, typer.Option(help="What was done.")] = None,
+    slot_id: SlotIdOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Complete the agent's current slot (control API).
+
+    Example: calsched complete --agent bob --summary "report sent"
+    """
+    _agent_tool(ctx, agent, "complete", _body(summary=summary, slot_id=slot_id), as_json)
+
+
+def abort(
+    ctx: typer.Context,
+    agent: AgentOption,
+    reason: Annotated[str | None, typer.Option(help="Why the slot is given up.")] = None,
+    slot_id: SlotIdOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Abort the agent's current slot (control API).
+
+    Example: calsched abort --agent bob --reason "source data missing"
+    """
+    _agent_tool(ctx, agent, "abort", _body(reason=reason, slot_id=slot_id), as_json)
+
+
+def pause(
+    ctx: typer.Context,
+    agent: AgentOption,
+    reason: Annotated[str | None, typer.Option(help="Why the slot waits.")] = None,
+    slot_id: SlotIdOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pause the agent's current slot (control API).
+
+    Example: calsched pause --agent bob --reason "waiting for review"
+    """
+    _agent_tool(ctx, agent, "pause", _body(reason=reason, slot_id=slot_id), as_json)
+
+
+def resume(
+    ctx: typer.Context,
+    agent: AgentOption,
+    slot_id: SlotIdOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Resume the agent's paused slot (control API).
+
+    Example: calsched resume --agent bob
+    """
+    _agent_tool(ctx, agent, "resume", _body(slot_id=slot_id), as_json)
+
+
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The running daemon's status (control API, admin token from the secret file).
+
+    Example: calsched status --json
+    """
+    from calsched.tokens import admin_token
+
+    cfg = config_of(ctx)
+    data = _control_call(cfg, "GET", "/v1/status", admin_token(_secret(cfg, create=False)))
+    if as_json or not isinstance(data, Mapping):
+        print_json(data)
+        return
+    _print_status(data)
+
+
+def _print_status(data: Mapping[str, Any]) -> None:
+    out = console()
+    backend = data.get("backend") or {}
+    outbox = data.get("outbox") or {}
+    out.print(
+        f"identifier {data.get('identifier')}  enabled {data.get('enabled')}  "
+        f"heartbeat every {data.get('heartbeat_every_s')}s, last {data.get('last_heartbeat')}"
+    )
+    refused = "  KEY REFUSED" if backend.get("key_refused") else ""
+    out.print(
+        f"backend last ok {backend.get('last_ok')}  last error {backend.get('last_error')}{refused}"
+    )
+    out.print(
+        f"outbox pending {outbox.get('pending')}  dead {outbox.get('dead')}  "
+        f"restart pending {data.get('restart_pending')}"
+    )
+    active = Table("slot", "agent", "state", "attempt", "started", "last change", title="active")
+    for item in data.get("active") or []:
+        slot_data = item.get("slot") or {}
+        active.add_row(
+            str(slot_data.get("id")),
+            str(slot_data.get("agent_id")),
+            str(item.get("state")),
+            str(item.get("attempt")),
+            short_time(item.get("started_at")),
+            short_time(item.get("last_change")),
+        )
+    out.print(active)
+    recent = Table("slot", "agent", "status", "resolved", "summary / reason", title="history")
+    for item in data.get("history") or []:
+        recent.add_row(
+            str(item.get("slot_id")),
+            str(item.get("agent_id")),
+            str(item.get("status")),
+            short_time(item.get("resolved_at")),
+            str(item.get("summary") or item.get("reason") or ""),
+        )
+    out.print(recent)

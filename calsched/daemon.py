@@ -1,0 +1,316 @@
+"""``calsched run`` and ``calsched backend serve``: wiring the adapters into a process.
+
+:func:`run_daemon` builds, from one :class:`~calsched.config.Config`:
+
+- the journal (migrated on start; a schema newer than the code is refused),
+- the backend: :class:`~calsched.backend.http.HttpBackend` to ``backend_url``, or, with
+  no ``backend_url``, the embedded calendar behind the reference backend's ASGI app,
+  reached through :class:`httpx.ASGITransport` with a random per-process key, so the
+  daemon speaks the real protocol (auth, JSON, status codes) without opening a port,
+- the host (:class:`~calsched.host.WebhookHost`, :class:`~calsched.host.CommandHost`, or
+  :class:`NoHost`, which fails every wake with a cause saying no host is configured),
+- the :class:`~calsched.scheduler.Scheduler` and the control API on the configured
+  loopback address.
+
+The control socket is bound before anything else starts and handed to uvicorn, so "port
+in use" is a one-line error at start and no other process can take the port in between.
+SIGTERM and SIGINT stop the process gracefully: the control API stops accepting, the
+scheduler stops (bounded wait for wakes, outbox flush), then the journal is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import secrets
+import signal
+import socket
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from calsched.config import Config, ControlConfig, HostAdapter
+from calsched.errors import ConfigError, WakeFailedError
+from calsched.journal import Journal
+from calsched.model import AgentReport
+from calsched.ports import Backend, Host, WakeRequest
+
+if TYPE_CHECKING:
+    from calsched.control import ControlServer
+    from calsched.scheduler import Scheduler
+
+__all__ = [
+    "EXIT_RESTART",
+    "NoHost",
+    "bind_socket",
+    "build_backend",
+    "build_host",
+    "run_daemon",
+    "serve_backend",
+]
+
+#: Exit status of ``run --exit-on-restart`` when the backend asks for a restart
+#: (``EX_TEMPFAIL`` in sysexits.h: "try again", which supervisors restart on).
+EXIT_RESTART = 75
+
+#: The base URL the in-process backend is addressed by; no request leaves the process.
+_EMBEDDED_URL = "http://embedded-calendar.invalid"
+
+log = structlog.get_logger("calsched.daemon")
+
+
+class NoHost:
+    """The host used when ``host.adapter`` is ``none``: every wake fails, with the cause.
+
+    A wake that nobody receives must not leave its slot ``in_progress`` forever (the agent
+    would never complete it): failing it aborts the slot with ``wake-agent failed: no
+    host adapter is configured ...``, which the journal records and the backend hears.
+    """
+
+    CAUSE = "no host adapter is configured (set host.adapter to webhook or command)"
+
+    async def wake_agent(self, request: WakeRequest) -> None:
+        """Refuse the wake: there is no one to give it to."""
+        raise WakeFailedError(request.agent_id, self.CAUSE)
+
+    async def list_agents(self) -> list[AgentReport]:
+        """No host, no agents."""
+        return []
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; :class:`ConfigError` if it is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve the address {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # SO_REUSEADDR lets a restart bind while old connections sit in TIME_WAIT; it does
+        # not let two listeners share the port on POSIX, so "in use" is still detected.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{host}:{port} is already in use; stop the other process or pick another port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def build_host(cfg: Config) -> Host:
+    """The host adapter the configuration names."""
+    host = cfg.host
+    timeout = cfg.scheduler.wake_timeout_s
+    if host.adapter is HostAdapter.webhook:
+        from calsched.host import WebhookHost
+
+        assert host.wake_url is not None  # the config's own rule
+        token = host.token_value()
+        return WebhookHost(
+            str(host.wake_url),
+            agents_url=str(host.agents_url) if host.agents_url is not None else None,
+            token=token.get_secret_value() if token is not None else None,
+            timeout_s=timeout,
+        )
+    if host.adapter is HostAdapter.command:
+        from calsched.host import CommandHost
+
+        assert host.command  # the config's own rule
+        return CommandHost(host.command, timeout_s=timeout, list_argv=host.agents_command)
+    return NoHost()
+
+
+def build_backend(cfg: Config, journal: Journal) -> Backend:
+    """The backend the configuration names (embedded when ``backend_url`` is unset)."""
+    from calsched.backend.http import HttpBackend
+
+    deadline = cfg.scheduler.backend_deadline_s
+    cap = cfg.backend_max_response_bytes
+    if cfg.backend_url is not None:
+        key = cfg.backend_key()
+        if key is None:
+            raise ConfigError(
+                "backend_url is set but there is no API key: set CALSCHED_BACKEND_API_KEY "
+                "or backend_api_key_file"
+            )
+        return HttpBackend(
+            str(cfg.backend_url),
+            key.get_secret_value(),
+            deadline_s=deadline,
+            max_response_bytes=cap,
+        )
+    import httpx
+
+    from calsched.backend.calendar import LocalCalendar
+    from calsched.backend.server import create_backend_app
+
+    # A fresh key per process: nothing outside this process ever needs it.
+    key_value = secrets.token_urlsafe(32)
+    app = create_backend_app(LocalCalendar(journal.engine), key_value)
+    return HttpBackend(
+        _EMBEDDED_URL,
+        key_value,
+        deadline_s=deadline,
+        max_response_bytes=cap,
+        transport=httpx.ASGITransport(app=app),
+    )
+
+
+def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:
+    from calsched.control import DEFAULT_ALLOWED_HOSTS
+
+    name = control.host.lower()
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    return tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, name)))
+
+
+def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
+    """Run until SIGTERM/SIGINT (status 0) or a restart request with ``exit_on_restart``
+    (status :data:`EXIT_RESTART`). Start-up problems raise a
+    :class:`~calsched.errors.CalschedError` before anything runs.
+    """
+    sock = bind_socket(cfg.control.host, cfg.control.port)
+    try:
+        return asyncio.run(_serve(cfg, sock, exit_on_restart=exit_on_restart))
+    finally:
+        sock.close()
+
+
+async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> int:
+    from calsched.control import create_control_app, serve_control
+    from calsched.metrics import Metrics
+    from calsched.scheduler import Scheduler
+    from calsched.tokens import load_or_create_secret
+
+    secret = load_or_create_secret(cfg.control.secret_file.expanduser())
+    journal = await asyncio.to_thread(
+        Journal.open,
+        cfg.database_url,
+        cfg.identifier,
+        synchronous=cfg.sqlite_synchronous,
+        upgrade=True,
+    )
+    try:
+        async with AsyncExitStack() as stack:
+            backend = build_backend(cfg, journal)
+            stack.push_async_callback(backend.aclose)
+            host = build_host(cfg)
+            closer = getattr(host, "aclose", None)
+            if closer is not None:
+                stack.push_async_callback(closer)
+            metrics = Metrics()
+            scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
+            app = create_control_app(
+                scheduler,
+                secret=secret,
+                metrics=metrics,
+                allowed_hosts=_allowed_hosts(cfg.control),
+            )
+            server = serve_control(app, cfg.control.host, cfg.control.port)
+            label = "embedded" if cfg.backend_url is None else getattr(backend, "base_url", "?")
+            try:
+                return await _supervise(
+                    cfg, scheduler, server, sock, backend=label, exit_on_restart=exit_on_restart
+                )
+            finally:
+                # Also after a failed start: stop() is bounded and leaves nothing running.
+                await scheduler.stop()
+    finally:
+        journal.close()
+        log.info("daemon stopped")
+
+
+async def _supervise(
+    cfg: Config,
+    scheduler: Scheduler,
+    server: ControlServer,
+    sock: socket.socket,
+    *,
+    backend: str,
+    exit_on_restart: bool,
+) -> int:
+    """Start the scheduler and the control API; wait for a signal, a restart, or a crash.
+
+    Returns the exit status; the caller stops the scheduler and closes the journal.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    caught: list[str] = []
+
+    def _on_signal(sig: signal.Signals) -> None:
+        caught.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig)
+    waiters: dict[asyncio.Task[Any], str] = {}
+    try:
+        await scheduler.start()
+        server_task = asyncio.create_task(server.serve(sockets=[sock]), name="calsched-control")
+        waiters[server_task] = "control"
+        waiters[asyncio.create_task(stop.wait())] = "signal"
+        if exit_on_restart:
+            waiters[asyncio.create_task(scheduler.restart_requested.wait())] = "restart"
+        log.info(
+            "daemon started",
+            identifier=cfg.identifier,
+            database=cfg.database_display(),
+            backend=backend,
+            host=cfg.host.adapter.value,
+            control=cfg.control.url,
+        )
+        if cfg.host.adapter is HostAdapter.none:
+            log.warning("no host adapter configured: every wake will fail", cause=NoHost.CAUSE)
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        reason = next(waiters[t] for t in waiters if t in done)
+        code = 0
+        if reason == "restart":
+            log.info("the backend asked for a restart: exiting", status=EXIT_RESTART)
+            code = EXIT_RESTART
+        elif reason == "signal":
+            log.info("stopping", signal=caught[0] if caught else None)
+        else:
+            log.error("the control API stopped unexpectedly; stopping")
+            code = 1
+        return code
+    finally:
+        server.should_exit = True
+        for task, name in waiters.items():
+            if name != "control":
+                task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def serve_backend(cfg: Config, api_key: str, *, host: str, port: int) -> None:
+    """Serve the embedded calendar as the reference backend over HTTP until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from calsched.backend.calendar import LocalCalendar
+    from calsched.backend.server import create_backend_app
+
+    sock = bind_socket(host, port)
+    try:
+        journal = Journal.open(
+            cfg.database_url, cfg.identifier, synchronous=cfg.sqlite_synchronous, upgrade=True
+        )
+        try:
+            app = create_backend_app(LocalCalendar(journal.engine), api_key)
+            config = uvicorn.Config(
+                app, log_config=None, access_log=False, lifespan="off", server_header=False
+            )
+            log.info("reference backend serving", address=f"{host}:{port}")
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            journal.close()
+    finally:
+        sock.close()
