@@ -94,7 +94,7 @@ class _ReasonBody(_Body):
     reason: str | None = None
 
 
-B = TypeVar("B", bound=_Body)
+_B = TypeVar("_B", bound=_Body)
 
 
 class _ApiError(Exception):
@@ -140,10 +140,10 @@ class _Caller:
         return self.agent_id is None
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+_Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _endpoint(handler: Endpoint) -> Endpoint:
+def _endpoint(handler: _Endpoint) -> _Endpoint:
     """Turn every failure of ``handler`` into the protocol's error body."""
 
     async def run(request: Request) -> Response:
@@ -230,7 +230,7 @@ class _ControlApi:
                 raise too_large
         return bytes(body)
 
-    async def _body(self, request: Request, model: type[B]) -> B:
+    async def _body(self, request: Request, model: type[_B]) -> _B:
         raw = await self._read(request)
         if not raw.strip():
             data: Any = {}

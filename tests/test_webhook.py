@@ -322,3 +322,11 @@ async def test_aclose_closes_the_client() -> None:
     await host.aclose()
     with pytest.raises(RuntimeError):
         await host.wake_agent(REQUEST)
+
+
+def test_host_package_surface() -> None:
+    """calsched.host re-exports exactly its adapters, with a sorted __all__."""
+    import calsched.host
+
+    assert calsched.host.__all__ == ["CommandHost", "WebhookHost", "parse_agent_list"]
+    assert calsched.host.__all__ == sorted(calsched.host.__all__)
