@@ -258,13 +258,14 @@ class Scheduler:
 
         For tests and embedding hosts that drive :meth:`heartbeat_once` themselves.
         """
+        # asyncio.wait, not gather: cancelling idle() must not cancel the wakes themselves.
         while True:
             if self._wakes:
-                await asyncio.gather(*set(self._wakes), return_exceptions=True)
+                await asyncio.wait(set(self._wakes))
                 continue
             await self._outbox_pass()
             if self._deliveries:
-                await asyncio.gather(*set(self._deliveries.values()), return_exceptions=True)
+                await asyncio.wait(set(self._deliveries.values()))
                 continue
             if not self._wakes:
                 return

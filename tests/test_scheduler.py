@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,107 +12,27 @@ from sqlalchemy import func, select
 
 from calsched.errors import (
     BackendConflictError,
-    BackendError,
     BackendRefusedError,
     BackendRejectedError,
     BackendUnavailableError,
     InvalidTransitionError,
     NoActiveSlotError,
     StaleSlotError,
-    WakeFailedError,
 )
 from calsched.journal import Journal
 from calsched.journal.schema import events
 from calsched.model import (
-    AgentReport,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    RejectedSlot,
     Slot,
     SlotState,
-    SlotUpdate,
     Trigger,
     utcnow,
 )
 from calsched.ports import WakeRequest
 from calsched.scheduler import Scheduler
 from calsched.settings import QueuePolicy, SchedulerSettings
+from calsched.testing import InMemoryBackend, InMemoryHost
 
 Factory = Callable[..., Scheduler]
-
-
-class InMemoryBackend:
-    """A scripted backend: lists ``to_fire`` on every beat and records status updates."""
-
-    def __init__(self) -> None:
-        self.to_fire: list[Slot] = []
-        self.restart_pending = False
-        self.heartbeats: list[HeartbeatRequest] = []
-        self.heartbeat_faults: deque[BackendError] = deque()
-        self.status_faults: deque[BackendError] = deque()
-        #: While true, status posts fail as a passing fault (the update is not taken).
-        self.block_status = False
-        #: Every status post tried: (slot_id, update, idempotency_key).
-        self.attempts: list[tuple[str, SlotUpdate, str]] = []
-        #: Acknowledged updates, deduplicated by idempotency key.
-        self.receipts: dict[str, tuple[str, SlotUpdate]] = {}
-
-    async def heartbeat(
-        self, request: HeartbeatRequest
-    ) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
-        """Record the beat; answer with ``to_fire`` (or raise the next scripted fault)."""
-        self.heartbeats.append(request)
-        if self.heartbeat_faults:
-            raise self.heartbeat_faults.popleft()
-        return (
-            HeartbeatResponse(
-                slots_to_fire=list(self.to_fire), restart_pending=self.restart_pending
-            ),
-            [],
-        )
-
-    async def send_status(self, slot_id: str, update: SlotUpdate, idempotency_key: str) -> None:
-        """Record the update (once per key), or raise the next scripted fault."""
-        self.attempts.append((slot_id, update, idempotency_key))
-        if self.status_faults:
-            raise self.status_faults.popleft()
-        if self.block_status:
-            raise BackendUnavailableError("blocked by the test", status_code=503)
-        self.receipts.setdefault(idempotency_key, (slot_id, update))
-
-    def updates_for(self, slot_id: str) -> list[SlotUpdate]:
-        """The acknowledged updates of one slot, in order."""
-        return [u for s, u in self.receipts.values() if s == slot_id]
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-class InMemoryHost:
-    """Records wakes; fails wakes for agents in ``fail_agents``; answers ``is_running``."""
-
-    def __init__(self) -> None:
-        self.wakes: list[WakeRequest] = []
-        self.fail_agents: dict[str, str] = {}
-        self.running: set[tuple[str, str]] = set()
-        self.on_wake: Callable[[WakeRequest], None] | None = None
-
-    async def wake_agent(self, request: WakeRequest) -> None:
-        """Record the wake, or fail it for an agent told to fail."""
-        if self.on_wake is not None:
-            self.on_wake(request)
-        cause = self.fail_agents.get(request.agent_id)
-        if cause is not None:
-            raise WakeFailedError(request.agent_id, cause)
-        self.wakes.append(request)
-
-    async def list_agents(self) -> list[AgentReport]:
-        """No agents to report."""
-        return []
-
-    async def is_running(self, agent_id: str, source: str) -> bool | None:
-        """True for pairs the test put in ``running``."""
-        return (agent_id, source) in self.running
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +122,13 @@ async def test_wake_happens_only_after_the_dispatch_committed(
         view = sched.journal.get("s1")
         seen.append(view.state if view else None)
 
-    host.on_wake = check
+    original = host.wake_agent
+
+    async def wake(request: WakeRequest) -> None:
+        check(request)
+        await original(request)
+
+    host.wake_agent = wake  # type: ignore[method-assign]
     await sched.recover()
     backend.to_fire = [slot("s1")]
     await beat(sched)
@@ -248,9 +173,8 @@ async def test_failed_status_update_is_retried_with_the_same_key(
     """Seed defect: status updates were fire-once. The outbox retries until acknowledged."""
     sched = make(outbox_backoff_initial_s=0.01)
     await sched.recover()
-    backend.status_faults.extend(
-        [BackendUnavailableError("503", status_code=503), BackendUnavailableError("timeout")]
-    )
+    backend.fail_status(BackendUnavailableError("503", status_code=503))
+    backend.fail_status(BackendUnavailableError("timeout"))
     backend.to_fire = [slot("s1")]
     await beat(sched)
     rows = sched.journal.outbox_rows(slot_id="s1")
@@ -258,8 +182,8 @@ async def test_failed_status_update_is_retried_with_the_same_key(
     assert rows[0].tries == 1  # one try per pass in stamina testing mode
     await _until_delivered(sched)
     assert [u.status for u in backend.updates_for("s1")] == [SlotState.in_progress]
-    keys = [key for slot_id, _update, key in backend.attempts if slot_id == "s1"]
-    assert keys == [rows[0].idempotency_key] * 3
+    assert [key for _slot, _update, key in backend.updates] == [rows[0].idempotency_key]
+    assert sched.journal.outbox_rows(slot_id="s1")[0].tries == 3
 
 
 async def _until_delivered(sched: Scheduler) -> None:
@@ -394,13 +318,14 @@ async def test_failed_wake_aborts_the_slot_with_the_cause(
     """A wake the host refuses aborts the slot with 'wake-agent failed: <cause>'."""
     sched = make()
     await sched.recover()
-    host.fail_agents["alice"] = "agent is offline"
+    host.fail_wakes("alice", "agent is offline")
     backend.to_fire = [slot("s1")]
     await beat(sched)
     view = sched.journal.get("s1")
     assert view is not None
     assert view.state is SlotState.aborted
     assert view.reason == "wake-agent failed: agent is offline"
+    assert host.accepted == []
     assert [u.status for u in backend.updates_for("s1")] == [SlotState.aborted]
 
 
@@ -427,7 +352,7 @@ async def test_conflict_reconciles_to_the_backend_status(
     """409 with another terminal status journals a reconcile and stops retrying."""
     sched = make()
     await sched.recover()
-    backend.status_faults.append(BackendConflictError("409", status="aborted", reason="timed out"))
+    backend.fail_status(BackendConflictError("409", status="aborted", reason="timed out"))
     backend.to_fire = [slot("s1")]
     await beat(sched)
     view = sched.journal.get("s1")
@@ -443,7 +368,7 @@ async def test_rejected_update_is_dead_lettered(make: Factory, backend: InMemory
     """404/400/422 dead-letters the row: kept, counted, not retried."""
     sched = make()
     await sched.recover()
-    backend.status_faults.append(BackendRejectedError("404", status_code=404))
+    backend.fail_status(BackendRejectedError("404", status_code=404))
     backend.to_fire = [slot("s1")]
     await beat(sched)
     assert sched.journal.outbox_counts().dead == 1
@@ -454,7 +379,7 @@ async def test_refused_key_is_flagged_and_retried(make: Factory, backend: InMemo
     """401/403 keeps retrying and status says the key is refused; the key is not shown."""
     sched = make(outbox_backoff_initial_s=0.01)
     await sched.recover()
-    backend.status_faults.append(BackendRefusedError("401", status_code=401))
+    backend.fail_status(BackendRefusedError("401", status_code=401))
     backend.to_fire = [slot("s1")]
     await beat(sched)
     assert sched.status()["backend"]["key_refused"] is True
@@ -471,11 +396,9 @@ async def test_stale_listing_after_terminal_is_ignored_but_later_one_is_a_new_at
     backend.to_fire = [slot("s1")]
     await beat(sched)
     await sched.complete("alice")
-    # Not yet acknowledged: the re-listing is skipped.
-    backend.block_status = True
+    # The completion is not yet acknowledged when this beat lists s1: skipped as stale.
     await beat(sched)
     assert len(host.wakes) == 1
-    backend.block_status = False
     await _until_delivered(sched)
     await beat(sched)
     assert len(host.wakes) == 2
@@ -526,7 +449,7 @@ async def test_failed_heartbeat_is_recorded_and_not_raised(
     """A failed beat is logged, shown in status, and the next beat works."""
     sched = make()
     await sched.recover()
-    backend.heartbeat_faults.append(BackendUnavailableError("HTTP 503", status_code=503))
+    backend.fail_heartbeat(BackendUnavailableError("HTTP 503", status_code=503))
     await sched.heartbeat_once()
     assert sched.status()["backend"]["last_error"] == "HTTP 503"
     await sched.heartbeat_once()
