@@ -12,6 +12,7 @@ Invariants after every step:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections import Counter
@@ -105,10 +106,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     )
     def tool_call(self, agent: str, tool: str) -> None:
         """An agent calls one of its tools; invalid calls are clear errors."""
-        try:
+        with contextlib.suppress(NoActiveSlotError, InvalidTransitionError):
             self.runner.run(getattr(self.sched, tool)(agent))
-        except (NoActiveSlotError, InvalidTransitionError):
-            pass
         self._settle()
 
     @rule(agent=st.sampled_from(AGENTS))
