@@ -232,6 +232,7 @@ def main() -> None:
 
 
 # -- commands defined elsewhere: one line each -------------------------------------------
-# `calsched demo` lives in calsched/demo.py; it is registered here with
-#     from calsched.demo import demo_command
-#     register("demo", demo_command)
+# Imported last: calsched.demo sits above this module and imports nothing heavy at the top.
+from calsched.demo import demo_command  # noqa: E402
+
+register("demo", demo_command)
