@@ -1,0 +1,67 @@
+"""Fixtures for tests against real servers on loopback.
+
+- ``calendar``: a :class:`~calsched.backend.calendar.LocalCalendar` in a migrated SQLite
+  file (the calendar's SQL is covered on PostgreSQL by ``tests/test_calendar.py``).
+- ``faults``: the :class:`~calsched.testing.FaultPlan` the reference backend obeys.
+- ``backend_url``: the reference backend serving ``calendar`` under uvicorn on
+  127.0.0.1, accepting the key ``api_key``.
+- ``make_client``: :class:`~calsched.backend.http.HttpBackend` clients for that URL
+  (``make_client(deadline_s=0.3, api_key=...)``), closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from calsched.backend.calendar import LocalCalendar
+from calsched.backend.http import HttpBackend
+from calsched.backend.server import create_backend_app
+from calsched.journal import Journal
+from calsched.testing import FaultPlan, serve_backend
+
+API_KEY = "integration-key-5a1c"
+
+
+@pytest.fixture
+def api_key() -> str:
+    """The key the reference backend accepts."""
+    return API_KEY
+
+
+@pytest.fixture
+def calendar(sqlite_journal: Journal) -> LocalCalendar:
+    """An empty calendar in a migrated SQLite file."""
+    return LocalCalendar(sqlite_journal.engine)
+
+
+@pytest.fixture
+def faults() -> FaultPlan:
+    """The faults the reference backend applies to its next requests (none at first)."""
+    return FaultPlan()
+
+
+@pytest.fixture
+async def backend_url(calendar: LocalCalendar, faults: FaultPlan) -> AsyncIterator[str]:
+    """The reference backend's base URL, served on a free loopback port."""
+    app = create_backend_app(calendar, API_KEY, faults=faults)
+    async with serve_backend(app) as url:
+        yield url
+
+
+@pytest.fixture
+async def make_client(backend_url: str) -> AsyncIterator[Callable[..., HttpBackend]]:
+    """Build HttpBackend clients for the reference backend; closed after the test."""
+    made: list[HttpBackend] = []
+
+    def _make(*, api_key: str = API_KEY, **kwargs: Any) -> HttpBackend:
+        kwargs.setdefault("deadline_s", 5.0)
+        client = HttpBackend(backend_url, api_key, **kwargs)
+        made.append(client)
+        return client
+
+    yield _make
+    for client in made:
+        await client.aclose()
