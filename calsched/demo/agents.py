@@ -172,6 +172,11 @@ class SimulatedAgents:
         self.say(f"{plan.agent_id}: {verb} {plan.slot_id} -> {slot['state']}", detail=True)
         return slot
 
+    async def join(self) -> None:
+        """Wait until every agent started so far has finished (for tests)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
     async def aclose(self) -> None:
         """Cancel the agents still working."""
         for task in list(self._tasks):
