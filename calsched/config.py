@@ -39,8 +39,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from calsched.errors import ConfigError
 from calsched.settings import SchedulerSettings
@@ -220,6 +218,9 @@ class Config(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _parsable_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url  # here: `calsched token` need not load SQLAlchemy
+        from sqlalchemy.exc import ArgumentError
+
         try:
             make_url(value)
         except ArgumentError:
@@ -257,6 +258,8 @@ class Config(BaseSettings):
 
     def database_display(self) -> str:
         """The database URL with any password masked, for logs and messages."""
+        from sqlalchemy.engine import make_url
+
         return make_url(self.database_url).render_as_string(hide_password=True)
 
 

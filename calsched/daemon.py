@@ -32,12 +32,15 @@ import structlog
 
 from calsched.config import Config, ControlConfig, HostAdapter
 from calsched.errors import ConfigError, WakeFailedError
-from calsched.journal import Journal
 from calsched.model import AgentReport
 from calsched.ports import Backend, Host, WakeRequest
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from calsched.backend.http import HttpBackend
     from calsched.control import ControlServer
+    from calsched.journal import Journal
     from calsched.scheduler import Scheduler
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "bind_socket",
     "build_backend",
     "build_host",
+    "embedded_backend",
+    "remote_backend",
     "run_daemon",
     "serve_backend",
 ]
@@ -127,40 +132,55 @@ def build_host(cfg: Config) -> Host:
     return NoHost()
 
 
-def build_backend(cfg: Config, journal: Journal) -> Backend:
-    """The backend the configuration names (embedded when ``backend_url`` is unset)."""
+def remote_backend(cfg: Config) -> HttpBackend | None:
+    """The HTTP client for ``backend_url``, or ``None`` when the calendar is embedded.
+
+    Raises :class:`ConfigError` when ``backend_url`` is set without an API key.
+    """
     from calsched.backend.http import HttpBackend
 
-    deadline = cfg.scheduler.backend_deadline_s
-    cap = cfg.backend_max_response_bytes
-    if cfg.backend_url is not None:
-        key = cfg.backend_key()
-        if key is None:
-            raise ConfigError(
-                "backend_url is set but there is no API key: set CALSCHED_BACKEND_API_KEY "
-                "or backend_api_key_file"
-            )
-        return HttpBackend(
-            str(cfg.backend_url),
-            key.get_secret_value(),
-            deadline_s=deadline,
-            max_response_bytes=cap,
+    if cfg.backend_url is None:
+        return None
+    key = cfg.backend_key()
+    if key is None:
+        raise ConfigError(
+            "backend_url is set but there is no API key: set CALSCHED_BACKEND_API_KEY "
+            "or backend_api_key_file"
         )
+    return HttpBackend(
+        str(cfg.backend_url),
+        key.get_secret_value(),
+        deadline_s=cfg.scheduler.backend_deadline_s,
+        max_response_bytes=cfg.backend_max_response_bytes,
+    )
+
+
+def embedded_backend(cfg: Config, engine: Engine) -> HttpBackend:
+    """The embedded calendar in ``engine``'s database, behind the reference backend's app.
+
+    Reached through :class:`httpx.ASGITransport`: the scheduler speaks the real protocol
+    (auth header, JSON, status codes, size cap) and no port is opened.
+    """
     import httpx
 
     from calsched.backend.calendar import LocalCalendar
+    from calsched.backend.http import HttpBackend
     from calsched.backend.server import create_backend_app
 
     # A fresh key per process: nothing outside this process ever needs it.
-    key_value = secrets.token_urlsafe(32)
-    app = create_backend_app(LocalCalendar(journal.engine), key_value)
+    key = secrets.token_urlsafe(32)
     return HttpBackend(
         _EMBEDDED_URL,
-        key_value,
-        deadline_s=deadline,
-        max_response_bytes=cap,
-        transport=httpx.ASGITransport(app=app),
+        key,
+        deadline_s=cfg.scheduler.backend_deadline_s,
+        max_response_bytes=cfg.backend_max_response_bytes,
+        transport=httpx.ASGITransport(app=create_backend_app(LocalCalendar(engine), key)),
     )
+
+
+def build_backend(cfg: Config, journal: Journal) -> Backend:
+    """The backend the configuration names (embedded when ``backend_url`` is unset)."""
+    return remote_backend(cfg) or embedded_backend(cfg, journal.engine)
 
 
 def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:
@@ -186,46 +206,51 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
 
 async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> int:
     from calsched.control import create_control_app, serve_control
+    from calsched.journal import Journal
     from calsched.metrics import Metrics
     from calsched.scheduler import Scheduler
     from calsched.tokens import load_or_create_secret
 
-    secret = load_or_create_secret(cfg.control.secret_file.expanduser())
-    journal = await asyncio.to_thread(
-        Journal.open,
-        cfg.database_url,
-        cfg.identifier,
-        synchronous=cfg.sqlite_synchronous,
-        upgrade=True,
-    )
-    try:
-        async with AsyncExitStack() as stack:
-            backend = build_backend(cfg, journal)
+    async with AsyncExitStack() as stack:
+        # Everything that can refuse the configuration comes before the database is touched.
+        host = build_host(cfg)
+        closer = getattr(host, "aclose", None)
+        if closer is not None:
+            stack.push_async_callback(closer)
+        backend = remote_backend(cfg)
+        if backend is not None:
             stack.push_async_callback(backend.aclose)
-            host = build_host(cfg)
-            closer = getattr(host, "aclose", None)
-            if closer is not None:
-                stack.push_async_callback(closer)
-            metrics = Metrics()
-            scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
-            app = create_control_app(
+        secret = load_or_create_secret(cfg.control.secret_file.expanduser())
+        journal = await asyncio.to_thread(
+            Journal.open,
+            cfg.database_url,
+            cfg.identifier,
+            synchronous=cfg.sqlite_synchronous,
+            upgrade=True,
+        )
+        stack.callback(journal.close)  # last out: after the backend and the scheduler
+        if backend is None:
+            backend = embedded_backend(cfg, journal.engine)
+            stack.push_async_callback(backend.aclose)
+        metrics = Metrics()
+        scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
+        app = create_control_app(
+            scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
+        )
+        server = serve_control(app, cfg.control.host, cfg.control.port)
+        try:
+            return await _supervise(
+                cfg,
                 scheduler,
-                secret=secret,
-                metrics=metrics,
-                allowed_hosts=_allowed_hosts(cfg.control),
+                server,
+                sock,
+                backend="embedded" if cfg.backend_url is None else backend.base_url,
+                exit_on_restart=exit_on_restart,
             )
-            server = serve_control(app, cfg.control.host, cfg.control.port)
-            label = "embedded" if cfg.backend_url is None else getattr(backend, "base_url", "?")
-            try:
-                return await _supervise(
-                    cfg, scheduler, server, sock, backend=label, exit_on_restart=exit_on_restart
-                )
-            finally:
-                # Also after a failed start: stop() is bounded and leaves nothing running.
-                await scheduler.stop()
-    finally:
-        journal.close()
-        log.info("daemon stopped")
+        finally:
+            # Also after a failed start: stop() is bounded and leaves nothing running.
+            await scheduler.stop()
+            log.info("daemon stopped")
 
 
 async def _supervise(
@@ -297,6 +322,7 @@ def serve_backend(cfg: Config, api_key: str, *, host: str, port: int) -> None:
 
     from calsched.backend.calendar import LocalCalendar
     from calsched.backend.server import create_backend_app
+    from calsched.journal import Journal
 
     sock = bind_socket(host, port)
     try:

@@ -63,9 +63,11 @@ def _exception_on_one_line(_logger: WrappedLogger, _name: str, event: EventDict)
 
 
 def _escape_newlines(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-    for key, value in event.items():
-        if isinstance(value, str) and ("\n" in value or "\r" in value):
-            event[key] = value.replace("\r", "\\r").replace("\n", "\\n")
+    # The console renderer quotes (repr) other values that hold a newline; the event
+    # message itself is printed as is, so it is escaped here.
+    message = event.get("event")
+    if isinstance(message, str) and ("\n" in message or "\r" in message):
+        event["event"] = message.replace("\r", "\\r").replace("\n", "\\n")
     return event
 
 

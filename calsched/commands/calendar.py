@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from calsched.backend.calendar import CalendarStatus
 from calsched.commands.common import (
     AgentOption,
     JsonOption,
@@ -71,8 +70,12 @@ def slots_add(
 def slots_list(
     ctx: typer.Context,
     status: Annotated[
-        list[CalendarStatus] | None,
-        typer.Option("--status", help="Only slots with this calendar status (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="Only slots with this calendar status (repeatable): scheduled, fired, "
+            "in_progress, paused, completed or aborted.",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -84,7 +87,7 @@ def slots_list(
 
     cfg = config_of(ctx)
     with open_journal(cfg) as journal:
-        found = LocalCalendar(journal.engine).list([s.value for s in status] if status else None)
+        found = LocalCalendar(journal.engine).list(status or None)
     rows = [entry.to_wire() for entry in found]
     if as_json:
         print_json(rows)

@@ -16,16 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from sqlalchemy.engine import make_url
 
 from calsched.config import Config, load_config
 from calsched.errors import InvalidInputError, JournalError
-from calsched.journal import Journal
 from calsched.model import format_time
+
+if TYPE_CHECKING:
+    from calsched.journal import Journal
 
 __all__ = [
     "EXIT_ERROR",
@@ -159,6 +160,8 @@ def print_json(data: Any) -> None:
 
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL; ``None`` for other databases and in-memory SQLite."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -172,6 +175,10 @@ def open_journal(cfg: Config, *, upgrade: bool = False) -> Iterator[Journal]:
     Without ``upgrade`` (the readers), a missing SQLite file is an error rather than an
     empty file created as a side effect, and the schema must already be at head.
     """
+    # Imported here: the journal (SQLAlchemy, Alembic) is most of the CLI's start-up time,
+    # and the agents' tool commands never need it.
+    from calsched.journal import Journal
+
     path = sqlite_path(cfg.database_url)
     if not upgrade and path is not None and not path.exists():
         raise JournalError(

@@ -1,0 +1,137 @@
+"""calsched.daemon: the adapters `calsched run` builds from a configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from calsched.backend.calendar import LocalCalendar
+from calsched.backend.http import HttpBackend
+from calsched.config import Config, load_config
+from calsched.daemon import NoHost, _allowed_hosts, build_backend, build_host
+from calsched.errors import ConfigError, WakeFailedError
+from calsched.host import CommandHost, WebhookHost
+from calsched.journal import Journal
+from calsched.model import HeartbeatRequest, SlotState, SlotUpdate, utcnow
+from calsched.ports import WakeRequest
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CALSCHED_* variable leaks in; user dirs point into tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("CALSCHED_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def config(**overrides: object) -> Config:
+    """A configuration from defaults and ``overrides`` only."""
+    return load_config(overrides=overrides)
+
+
+WAKE = WakeRequest(agent_id="bob", message="hi", source="calendar:slot-s1", slot_id="s1", attempt=1)
+
+
+async def test_no_host_fails_every_wake_with_its_cause() -> None:
+    """With no host adapter a wake fails, saying why; no agents are listed."""
+    host = NoHost()
+    with pytest.raises(WakeFailedError) as excinfo:
+        await host.wake_agent(WAKE)
+    assert str(excinfo.value) == f"wake-agent failed: {NoHost.CAUSE}"
+    assert excinfo.value.agent_id == "bob"
+    assert await host.list_agents() == []
+
+
+def test_build_host_none() -> None:
+    """adapter none (the default) gives the failing NoHost."""
+    assert isinstance(build_host(config()), NoHost)
+
+
+async def test_build_host_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """adapter webhook gives a WebhookHost with the configured URLs and token."""
+    monkeypatch.setenv("CALSCHED_HOST__TOKEN", "host-secret")
+    host = build_host(
+        config(
+            host={
+                "adapter": "webhook",
+                "wake_url": "http://127.0.0.1:9/wake",
+                "agents_url": "http://127.0.0.1:9/agents",
+            },
+            scheduler={"wake_timeout_s": 3},
+        )
+    )
+    assert isinstance(host, WebhookHost)
+    shown = repr(host)
+    assert "token=set" in shown
+    assert "timeout_s=3" in shown
+    assert "host-secret" not in shown
+    await host.aclose()
+
+
+def test_build_host_command() -> None:
+    """adapter command gives a CommandHost running the configured argv."""
+    host = build_host(
+        config(
+            host={"adapter": "command", "command": ["wake", "{agent_id}"], "agents_command": ["ls"]}
+        )
+    )
+    assert isinstance(host, CommandHost)
+    assert host.argv_for(WAKE) == ["wake", "bob"]
+
+
+def test_remote_backend_needs_a_key(sqlite_journal: Journal) -> None:
+    """backend_url without an API key is a ConfigError saying where a key comes from."""
+    with pytest.raises(ConfigError, match="CALSCHED_BACKEND_API_KEY or backend_api_key_file"):
+        build_backend(config(backend_url="http://127.0.0.1:9"), sqlite_journal)
+
+
+async def test_remote_backend(monkeypatch: pytest.MonkeyPatch, sqlite_journal: Journal) -> None:
+    """backend_url with a key gives an HttpBackend to that URL with the configured bounds."""
+    monkeypatch.setenv("CALSCHED_BACKEND_API_KEY", "k-123")
+    backend = build_backend(
+        config(
+            backend_url="http://127.0.0.1:9/api",
+            scheduler={"backend_deadline_s": 2},
+            backend_max_response_bytes=4096,
+        ),
+        sqlite_journal,
+    )
+    assert isinstance(backend, HttpBackend)
+    assert backend.base_url == "http://127.0.0.1:9/api"
+    assert (backend.deadline_s, backend.max_response_bytes) == (2, 4096)
+    await backend.aclose()
+
+
+async def test_embedded_backend_speaks_the_protocol(sqlite_journal: Journal) -> None:
+    """Without backend_url the embedded calendar answers over the HTTP protocol in-process."""
+    calendar = LocalCalendar(sqlite_journal.engine)
+    calendar.add("s1", "bob", title="Daily")
+    backend = build_backend(config(), sqlite_journal)
+    assert isinstance(backend, HttpBackend)
+    try:
+        response, rejected = await backend.heartbeat(
+            HeartbeatRequest(identifier="host-a", captured_at=utcnow())
+        )
+        assert rejected == []
+        assert [s.id for s in response.slots_to_fire] == ["s1"]
+        update = SlotUpdate(
+            identifier="host-a", status=SlotState.in_progress, attempt=1, occurred_at=utcnow()
+        )
+        await backend.send_status("s1", update, "key-1")
+    finally:
+        await backend.aclose()
+    assert calendar.get("s1").status == "in_progress"
+    assert [r.idempotency_key for r in calendar.receipts("s1")] == ["key-1"]
+
+
+def test_allowed_hosts_include_the_configured_address() -> None:
+    """The control API accepts its own configured host name besides the loopback names."""
+    assert "127.0.0.1" in _allowed_hosts(config().control)
+    assert "[::1]" in _allowed_hosts(config(control={"host": "::1"}).control)
+    assert "calsched.internal" in _allowed_hosts(
+        config(control={"host": "calsched.internal"}).control
+    )
