@@ -417,7 +417,7 @@ def test_history_and_counts_come_from_sql(
     assert (tally.delivered, tally.waiting, tally.dead) == (0, 4, 0)
 
 
-def _row(seq: int, seconds: float, **fields: Any) -> HistoryRow:
+def _row(seq: int, seconds: float, *, t0: datetime = T0, **fields: Any) -> HistoryRow:
     values: dict[str, Any] = {
         "slot_id": "s-01",
         "attempt": 1,
@@ -430,7 +430,7 @@ def _row(seq: int, seconds: float, **fields: Any) -> HistoryRow:
         "reason": None,
     }
     values.update(fields)
-    return HistoryRow(seq=seq, recorded_at=T0 + timedelta(seconds=seconds), **values)
+    return HistoryRow(seq=seq, recorded_at=t0 + timedelta(seconds=seconds), **values)
 
 
 def _render(renderable: Any) -> str:
@@ -475,20 +475,28 @@ def test_summary_line_counts_everything() -> None:
     )
 
 
-def test_plain_view_prints_lines_and_leaves_out_details() -> None:
-    """Without a live view: narration and journal rows are lines; agents' details are not."""
+def test_plain_view_prints_lines_in_time_order_without_details() -> None:
+    """Without a live view: narration and journal rows come out sorted by time at each
+    refresh; the agents' detail lines are left out."""
     out = io.StringIO()
-    view = DemoView(Console(file=out, width=200), live=False, t0=T0)
+    now = datetime.now(UTC)
+    view = DemoView(Console(file=out, width=200), live=False, t0=now)
     with view:
+        view.journal([_row(7, 100.0, t0=now, reason="why")])
         view.say("hello")
         view.say("a detail", detail=True)
-        view.journal([_row(7, 2.5, reason="why")])
+        view.journal([_row(6, -1.0, t0=now)])
+        assert out.getvalue() == ""
         view.refresh()
-    text = out.getvalue()
-    assert "hello" in text
-    assert "a detail" not in text
-    assert "+2.50s  journal #7 s-01 (alice) woke: dispatching -> in_progress by scheduler" in text
-    assert "why" in text
+        view.say("at the end")
+    lines = out.getvalue().splitlines()
+    assert [line.strip().split("  ", 1)[1] for line in lines] == [
+        "journal #6 s-01 (alice) woke: dispatching -> in_progress by scheduler",
+        "hello",
+        "journal #7 s-01 (alice) woke: dispatching -> in_progress by scheduler  why",
+        "at the end",
+    ]
+    assert lines[2].startswith("+100.00s")
 
 
 def test_live_view_renders_active_slots_and_recent_rows() -> None:

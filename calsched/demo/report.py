@@ -301,9 +301,11 @@ class DemoView:
     """A rich live view, or plain lines; the demo talks to nothing else on screen.
 
     In the live view, narration scrolls above a panel showing the daemon, its active
-    slots (``/v1/status``) and the latest journal rows. In plain mode every narration line
-    and every journal row is one line, and ``detail`` lines (the agents' tool calls, which
-    the journal rows already show) are left out.
+    slots (``/v1/status``) and the latest journal rows. In plain mode, narration and
+    journal rows are lines, held until :meth:`refresh` and then printed in time order (a
+    wake's narration and the journal row of that wake arrive by different paths);
+    ``detail`` lines (the agents' tool calls, which the journal rows already show) are
+    left out.
     """
 
     def __init__(self, console: Console, *, live: bool, t0: datetime) -> None:
@@ -313,6 +315,7 @@ class DemoView:
         self.active: list[dict[str, Any]] = []
         self.recent: deque[HistoryRow] = deque(maxlen=10)
         self._live = Live(console=console, auto_refresh=False, transient=True) if live else None
+        self._pending: list[tuple[datetime, str]] = []
 
     def __enter__(self) -> DemoView:
         if self._live is not None:
@@ -323,32 +326,42 @@ class DemoView:
     def __exit__(self, *exc_info: object) -> None:
         if self._live is not None:
             self._live.stop()
+        self._flush()
 
-    def _line(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    def _line(self, at: datetime, text: str) -> str:
+        return f"{rel(at, self.t0):>8}  {text}"
 
     def say(self, text: str, *, detail: bool = False) -> None:
         """One narration line, stamped with the time since the start."""
-        if detail and self._live is None:
-            return
-        self._line(f"{rel(datetime.now(UTC), self.t0):>8}  {text}")
+        now = datetime.now(UTC)
+        if self._live is not None:
+            self._live.console.print(self._line(now, text), markup=False, highlight=False)
+        elif not detail:
+            self._pending.append((now, self._line(now, text)))
 
     def journal(self, rows: Sequence[HistoryRow]) -> None:
-        """New journal rows: into the live panel, or one plain line each."""
+        """New journal rows: into the live panel, or lines for the next :meth:`refresh`."""
         self.recent.extend(rows)
         if self._live is not None:
             return
         for row in rows:
             note = f"  {row.note}" if row.note else ""
-            self._line(
-                f"{rel(row.recorded_at, self.t0):>8}  journal #{row.seq} {row.slot_id} "
-                f"({row.agent_id}) {row.kind}: {row.change} by {row.actor}{note}"
+            text = (
+                f"journal #{row.seq} {row.slot_id} ({row.agent_id}) {row.kind}: "
+                f"{row.change} by {row.actor}{note}"
             )
+            self._pending.append((row.recorded_at, self._line(row.recorded_at, text)))
 
     def refresh(self) -> None:
-        """Redraw the live panel (nothing in plain mode)."""
+        """Redraw the live panel, or print the lines held so far in time order."""
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        for _, line in sorted(self._pending, key=lambda item: item[0]):
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self._pending.clear()
 
     def render(self) -> RenderableType:
         """The live panel: the daemon, its active slots, the latest journal rows."""

@@ -172,9 +172,14 @@ class _Demo:
         self.seeded_at = view.t0
         self._last_seq = 0
 
+    def _say(self, text: str) -> None:
+        """The demo's own narration: printed at once (after the lines already held)."""
+        self.view.say(text)
+        self.view.refresh()
+
     async def run(self) -> DemoResult:
         started = time.monotonic()
-        say = self.view.say
+        say = self._say
         say(f"seed {self.options.seed}; working in {self.workdir}")
         migrate.upgrade(self.engine)
         secret_file = self.workdir / "control.secret"
@@ -190,7 +195,7 @@ class _Demo:
             httpx.AsyncClient(base_url=base_url, timeout=5.0) as client,
             httpx.AsyncClient(base_url=base_url, timeout=5.0, headers=admin) as admin_client,
         ):
-            agents = SimulatedAgents(self.plans, client, tokens, gate, say)
+            agents = SimulatedAgents(self.plans, client, tokens, gate, self.view.say)
             async with serving(create_host_app(agents)) as host_url:
                 config = self.workdir / "calsched.toml"
                 config.write_text(
@@ -222,7 +227,7 @@ class _Demo:
         agents: SimulatedAgents,
         gate: ToolGate,
     ) -> None:
-        say = self.view.say
+        say = self._say
         say(f"starting the daemon: python {' '.join(daemon.argv[1:])}")
         daemon.start()
         took = await daemon.wait_healthy(admin)
@@ -273,7 +278,7 @@ class _Demo:
         first = offset + min(s.fire_after_s for s in DEMO_SLOTS)
         last = offset + max(s.fire_after_s for s in DEMO_SLOTS)
         agents = len({s.agent_id for s in DEMO_SLOTS})
-        self.view.say(
+        self._say(
             f"calendar seeded: {len(DEMO_SLOTS)} slots for {agents} agents, "
             f"due from {first:+.1f}s to {last:+.1f}s"
         )
@@ -304,14 +309,14 @@ class _Demo:
         return list(response.json().get("active", []))
 
     async def _crash(self, daemon: DaemonProcess, admin: httpx.AsyncClient, gate: ToolGate) -> None:
-        say = self.view.say
+        say = self._say
         say("holding the agents' tool calls until the daemon is back")
         await gate.close()
         before = await self._active(admin)
         say(f"active before the kill:   {describe_active(before)}")
         pid = daemon.pid
         await daemon.kill()
-        self.result.marks.append(Mark(datetime.now(UTC), "SIGKILL", f"daemon killed (pid {pid})"))
+        self.result.marks.append(Mark(datetime.now(UTC), "SIGKILL", f"daemon pid {pid} killed"))
         self.view.daemon = "KILLED (SIGKILL)"
         self.view.active = []
         self.view.refresh()
@@ -327,7 +332,7 @@ class _Demo:
             Mark(
                 datetime.now(UTC),
                 "restart",
-                f"daemon restarted (pid {daemon.pid}); {back}/{len(before)} active slots back",
+                f"new pid {daemon.pid}; {back}/{len(before)} active slots back",
             )
         )
         self.view.daemon = f"running (pid {daemon.pid}, restarted)"
@@ -355,7 +360,7 @@ class _Demo:
                 f"changes ({tally.dead} dead-lettered)"
             )
         if agents.duplicates:
-            self.view.say(
+            self._say(
                 f"the simulated host ignored {agents.duplicates} repeated wake(s) "
                 "(wakes are at-least-once after a crash; hosts dedupe on source + attempt)"
             )
