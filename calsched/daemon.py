@@ -303,7 +303,8 @@ async def _supervise(
         elif reason == "signal":
             log.info("stopping", signal=caught[0] if caught else None)
         else:
-            log.error("the control API stopped unexpectedly; stopping")
+            crash = None if server_task.cancelled() else server_task.exception()
+            log.error("the control API stopped unexpectedly; stopping", exc_info=crash)
             code = 1
         return code
     finally:

@@ -520,3 +520,11 @@ def test_backend_serve_unreadable_key_file(env: Path) -> None:
     """An --api-key-file that cannot be read is one line naming the setting."""
     line = error_line(cli("backend", "serve", "--api-key-file", str(env / "missing.key"), code=1))
     assert line.startswith("error: backend_api_key_file: cannot read")
+
+
+def test_slots_add_notes_a_remote_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding to the embedded calendar while backend_url is set says run will not use it."""
+    monkeypatch.setenv("CALSCHED_BACKEND_URL", "http://127.0.0.1:9")
+    result = cli("slots", "add", "--agent", "bob")
+    assert result.stdout.startswith("added slot")
+    assert "note: backend_url is set" in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,14 @@ import pytest
 from calsched.backend.calendar import LocalCalendar
 from calsched.backend.http import HttpBackend
 from calsched.config import Config, load_config
-from calsched.daemon import NoHost, _allowed_hosts, build_backend, build_host
+from calsched.daemon import (
+    EXIT_RESTART,
+    NoHost,
+    _allowed_hosts,
+    _supervise,
+    build_backend,
+    build_host,
+)
 from calsched.errors import ConfigError, WakeFailedError
 from calsched.host import CommandHost, WebhookHost
 from calsched.journal import Journal
@@ -135,3 +144,74 @@ def test_allowed_hosts_include_the_configured_address() -> None:
     assert "calsched.internal" in _allowed_hosts(
         config(control={"host": "calsched.internal"}).control
     )
+
+
+# -- supervising the daemon ---------------------------------------------------------------
+
+
+class FakeScheduler:
+    """Just what _supervise uses: start() and restart_requested."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.restart_requested = asyncio.Event()
+
+    async def start(self) -> None:
+        """Record the start."""
+        self.started = True
+
+
+class FakeServer:
+    """A control server that serves until should_exit, or fails when told to."""
+
+    def __init__(self, *, crash: bool = False) -> None:
+        self.should_exit = False
+        self.crash = crash
+        self.served_with: list[object] | None = None
+
+    async def serve(self, sockets: list[object]) -> None:
+        """Serve until asked to exit."""
+        self.served_with = sockets
+        if self.crash:
+            raise OSError("accept failed")
+        while not self.should_exit:
+            await asyncio.sleep(0.005)
+
+
+async def supervise(
+    scheduler: FakeScheduler, server: FakeServer, *, exit_on_restart: bool = True
+) -> int:
+    """Run _supervise with the fakes and a placeholder socket."""
+    return await _supervise(
+        config(),
+        scheduler,  # type: ignore[arg-type]
+        server,  # type: ignore[arg-type]
+        "sock",  # type: ignore[arg-type]
+        backend="embedded",
+        exit_on_restart=exit_on_restart,
+    )
+
+
+async def test_supervise_exits_75_on_restart_request() -> None:
+    """With exit_on_restart, a restart request stops the server and returns 75."""
+    scheduler, server = FakeScheduler(), FakeServer()
+    asyncio.get_running_loop().call_later(0.05, scheduler.restart_requested.set)
+    assert await supervise(scheduler, server) == EXIT_RESTART
+    assert scheduler.started
+    assert server.served_with == ["sock"]
+    assert server.should_exit
+
+
+async def test_supervise_stops_on_sigterm() -> None:
+    """SIGTERM is a graceful stop with status 0; a restart request alone is ignored."""
+    scheduler, server = FakeScheduler(), FakeServer()
+    scheduler.restart_requested.set()  # not asked to exit on restart: no effect
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+    assert await supervise(scheduler, server, exit_on_restart=False) == 0
+    assert server.should_exit
+
+
+async def test_supervise_fails_when_the_control_api_dies() -> None:
+    """A control server that stops on its own ends the daemon with status 1."""
+    assert await supervise(FakeScheduler(), FakeServer(crash=True)) == 1

@@ -61,6 +61,12 @@ def slots_add(
             override_message=override_message,
         )
     row = added.to_wire()
+    if cfg.backend_url is not None:
+        typer.echo(
+            "note: backend_url is set, so `calsched run` asks that backend, "
+            "not this embedded calendar",
+            err=True,
+        )
     if as_json:
         print_json(row)
     else:
