@@ -63,7 +63,7 @@ COMMANDS: list[tuple[str, ...]] = [
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated configuration: a SQLite file, identifier host-a, dirs in tmp_path."""
     for name in list(os.environ):
-        if name.startswith("CALSCHED_"):
+        if name.startswith("CALSCHED_") and name != "CALSCHED_TEST_PG_URL":
             monkeypatch.delenv(name)
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -528,3 +528,17 @@ def test_slots_add_notes_a_remote_backend(monkeypatch: pytest.MonkeyPatch) -> No
     result = cli("slots", "add", "--agent", "bob")
     assert result.stdout.startswith("added slot")
     assert "note: backend_url is set" in result.stderr
+
+
+@pytest.mark.postgres
+def test_journal_commands_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """db upgrade/current, slots and the journal reports work on a PostgreSQL journal."""
+    monkeypatch.setenv("CALSCHED_DATABASE_URL", pg_url)
+    assert json.loads(cli("db", "current", "--json").stdout)["current"] is None
+    cli("db", "upgrade")
+    assert json.loads(cli("db", "current", "--json").stdout)["up_to_date"] is True
+    cli("slots", "add", "--id", "s-1", "--agent", "bob", "--at", "+1h")
+    assert [r["id"] for r in json.loads(cli("slots", "list", "--json").stdout)] == ["s-1"]
+    assert json.loads(cli("history", "-f", "json").stdout) == []
+    assert json.loads(cli("events", "--json").stdout) == []
+    assert "ok:" in cli("journal", "verify").stdout
