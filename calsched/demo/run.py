@@ -395,18 +395,35 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     subprocess is gone when this returns or raises (a Ctrl-C included).
     """
     console = console or _console()
+    try:
+        return _run(options, console)
+    except KeyboardInterrupt:
+        # The CLI exits 130 on Ctrl-C without a word; say what was cleaned up.
+        done = "kept" if options.keep else "removed"
+        Console(stderr=True).print(
+            f"interrupted: killed the demo's daemon and {done} its directory", markup=False
+        )
+        raise
+
+
+def _run(options: DemoOptions, console: Console) -> DemoResult:
     live = console.is_terminal if options.live is None else options.live
     with _workdir(options.keep) as workdir:
         view = DemoView(console, live=live, t0=datetime.now(UTC))
         demo = _Demo(options, workdir, view)
+        kept = f"kept the demo directory: {workdir}"
         try:
             with view:
                 result = asyncio.run(demo.run())
+        except BaseException:
+            if options.keep:
+                console.print(kept, markup=False, highlight=False)
+            raise
         finally:
             demo.engine.dispose()
-            if options.keep:
-                console.print(f"kept the demo directory: {workdir}", markup=False)
         console.print()
         console.print(history_table(result.history, view.t0, result.marks))
         console.print(summary_line(result), markup=False, highlight=False)
+        if options.keep:
+            console.print(kept, markup=False, highlight=False)
     return result
