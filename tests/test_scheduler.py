@@ -171,7 +171,8 @@ async def test_failed_status_update_is_retried_with_the_same_key(
     make: Factory, backend: InMemoryBackend
 ) -> None:
     """Seed defect: status updates were fire-once. The outbox retries until acknowledged."""
-    sched = make(outbox_backoff_initial_s=0.01)
+    # A retry wait long enough that idle() cannot reach the second try even under load.
+    sched = make(outbox_backoff_initial_s=0.3)
     await sched.recover()
     backend.fail_status(BackendUnavailableError("503", status_code=503))
     backend.fail_status(BackendUnavailableError("timeout"))
@@ -190,7 +191,7 @@ async def _until_delivered(sched: Scheduler) -> None:
     """Let retries become due (the retry wait is tiny in these tests) and deliver."""
     import asyncio
 
-    for _ in range(100):
+    for _ in range(500):
         if sched.journal.outbox_counts().pending == 0:
             return
         await asyncio.sleep(0.02)
@@ -376,8 +377,8 @@ async def test_rejected_update_is_dead_lettered(make: Factory, backend: InMemory
 
 
 async def test_refused_key_is_flagged_and_retried(make: Factory, backend: InMemoryBackend) -> None:
-    """401/403 keeps retrying and status says the key is refused; the key is not shown."""
-    sched = make(outbox_backoff_initial_s=0.01)
+    """401/403 keeps retrying, and status says the key is refused until a try succeeds."""
+    sched = make(outbox_backoff_initial_s=0.3)
     await sched.recover()
     backend.fail_status(BackendRefusedError("401", status_code=401))
     backend.to_fire = [slot("s1")]
