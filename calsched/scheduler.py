@@ -36,6 +36,7 @@ from calsched.errors import (
     BackendRefusedError,
     BackendRejectedError,
     BackendUnavailableError,
+    ConfigError,
     InvalidTransitionError,
     NoActiveSlotError,
     SlotNotFoundError,
@@ -115,6 +116,11 @@ class Scheduler:
         clock: Clock = utcnow,
         failpoint: Callable[[str], None] = _no_failpoint,
     ) -> None:
+        if settings.identifier != journal.identifier:
+            raise ConfigError(
+                f"the scheduler's identifier {settings.identifier!r} differs from the "
+                f"journal's {journal.identifier!r}"
+            )
         self.settings = settings
         self._failpoint = failpoint
         self.journal = journal

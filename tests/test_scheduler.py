@@ -493,3 +493,15 @@ async def test_run_and_stop(make: Factory, backend: InMemoryBackend, host: InMem
     await sched.stop()
     assert [w.slot_id for w in host.wakes] == ["s1"]
     assert [u.status for u in backend.updates_for("s1")] == [SlotState.in_progress]
+
+
+async def test_identifier_must_match_the_journal(db: str, backend: InMemoryBackend) -> None:
+    """A scheduler and a journal of different identifiers refuse to work together."""
+    from calsched.errors import ConfigError
+
+    journal = Journal.open(db, "host-b")
+    try:
+        with pytest.raises(ConfigError, match="host-b"):
+            Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
+    finally:
+        journal.close()
