@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from calsched.journal import Journal, TransitionRequest
-from calsched.journal.schema import events, outbox, slots
+from calsched.journal.schema import events, metadata, outbox, slots
 from calsched.model import Actor, Slot, SlotState, SlotView, Trigger
 
 PG_ENV = "CALSCHED_TEST_PG_URL"
@@ -79,6 +79,9 @@ def pg_url() -> Iterator[str]:
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.begin() as conn:
+            # A connection a test leaked inside a transaction would block the DROP forever;
+            # fail after a while instead, naming the schema left behind.
+            conn.execute(text("SET LOCAL lock_timeout = '15s'"))
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
 
@@ -229,7 +232,8 @@ def snapshot() -> Callable[[Journal], dict[str, list[tuple[Any, ...]]]]:
 def count_rows(journal: Journal, table: str) -> int:
     """How many rows ``table`` holds, across identifiers."""
     with journal.engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+        query = select(func.count()).select_from(metadata.tables[table])
+        return int(conn.execute(query).scalar_one())
 
 
 @pytest.fixture

@@ -240,8 +240,7 @@ def test_receive_needs_the_slot_with_its_id(
 def test_outbox_rows_only_for_reported_states(
     journal: Journal, drive: Drive, request_factory: Request
 ) -> None:
-    """Only in_progress, paused, completed and aborted are queued; pending, dispatching and
-    reconcile are not."""
+    """Outbox rows only for in_progress/paused/completed/aborted, never for a reconcile."""
     drive(journal, "s1", S.paused)
     journal.apply(request_factory("s1", T.resume))
     journal.apply(request_factory("s1", T.complete))

@@ -16,7 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 
 from calsched.errors import JournalError, SchemaVersionError
 from calsched.journal import Journal, migrate
@@ -147,7 +147,8 @@ def test_upgrade_downgrade_upgrade_with_rows(engine: Engine, db_url: str, drive:
 
 
 def _count(conn: Connection, table: str) -> int:
-    return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    query = select(func.count()).select_from(metadata.tables[table])
+    return int(conn.execute(query).scalar_one())
 
 
 def test_metadata_matches_migrated_schema(engine: Engine) -> None:

@@ -218,8 +218,8 @@ class JournalMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
     def advance(self, data: st.DataObject) -> None:
-        """A forward trigger the table allows from a known slot's state (the agent may
-        still be busy): random triggers alone rarely get a slot past dispatching."""
+        """A forward trigger the table allows from a known slot's state (agent may be busy)."""
+        # Random triggers alone rarely get a slot past dispatching.
         slot_id = data.draw(st.sampled_from(sorted(self.model)), label="slot")
         state = self.model[slot_id].state
         choices = [t for t in FORWARD if (state, t, None) in TABLE]
