@@ -362,7 +362,8 @@ def create_control_app(
     if max_body < 1 or max_field < 1:
         raise ConfigError("max_body and max_field must be positive")
     api = _ControlApi(tools, secret, metrics, max_body, max_field)
-    agent = "/v1/agents/{agent_id}/slot"
+    # :path so an agent id holding "/" (sent as %2F, decoded before routing) still routes.
+    agent = "/v1/agents/{agent_id:path}/slot"
     routes = [
         Route("/healthz", _endpoint(api.healthz), methods=["GET"]),
         Route("/v1/status", _endpoint(api.status), methods=["GET"]),

@@ -673,3 +673,17 @@ def test_control_server_leaves_signals_alone(tools: FakeTools) -> None:
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with server.capture_signals():
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+async def test_agent_id_with_a_slash_routes(tools: FakeTools, client: httpx.AsyncClient) -> None:
+    """An agent id holding '/' (sent as %2F) reaches its own slot, with its own token."""
+    tools.slots["team/alice"] = _view("s-9", "team/alice", SlotState.in_progress)
+    token = agent_token(SECRET, "team/alice")
+    response = await client.get("/v1/agents/team%2Falice/slot", headers=auth(token))
+    assert response.status_code == 200
+    assert response.json()["slot"]["id"] == "s-9"
+    done = await client.post(
+        "/v1/agents/team%2Falice/slot/complete", json={"summary": "ok"}, headers=auth(token)
+    )
+    assert done.status_code == 200
+    assert tools.calls[-1] == ("complete", "team/alice", "ok", None)
