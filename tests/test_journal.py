@@ -646,7 +646,7 @@ def test_errors_hide_row_values(
     with pytest.raises(JournalError) as info:
         journal.apply(TransitionRequest("s2", T.receive, Actor.backend, slot=slot, summary=secret))
     message = str(info.value)
-    assert message.startswith("journal write failed: ")
+    assert message.startswith("journal write conflicted: ")  # an IntegrityError
     assert secret not in message
     assert "INSERT" not in message.upper()
     cause = info.value.__context__

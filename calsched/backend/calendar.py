@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -43,17 +43,15 @@ import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select
 from sqlalchemy import update as update_rows
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from calsched.errors import (
     BackendConflictError,
     BackendRejectedError,
     InvalidInputError,
-    JournalError,
     SlotNotFoundError,
 )
-from calsched.journal.engine import WRITE
+from calsched.journal.engine import reading, writing
 from calsched.journal.schema import calendar_receipts, calendar_slots
 from calsched.model import (
     HeartbeatRequest,
@@ -219,12 +217,6 @@ def _receipt_from(row: RowMapping) -> Receipt:
     )
 
 
-def _describe(exc: SQLAlchemyError) -> str:
-    # The driver's own sentence, never the statement or its parameters.
-    orig = getattr(exc, "orig", None)
-    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
-
-
 class LocalCalendar:
     """The embedded calendar, in the database behind ``engine`` (schema from migrations).
 
@@ -239,25 +231,11 @@ class LocalCalendar:
 
     # -- transactions -------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(**{WRITE: True})
-                with conn.begin():
-                    yield conn
-        except IntegrityError as exc:
-            raise JournalError(f"calendar write conflicted: {_describe(exc)}") from None
-        except SQLAlchemyError as exc:
-            raise JournalError(f"calendar write failed: {_describe(exc)}") from None
+    def _write(self) -> AbstractContextManager[Connection]:
+        return writing(self.engine, "calendar")
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise JournalError(f"calendar read failed: {_describe(exc)}") from None
+    def _read(self) -> AbstractContextManager[Connection]:
+        return reading(self.engine, "calendar")
 
     # -- slots --------------------------------------------------------------------------
 

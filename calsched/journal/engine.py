@@ -9,15 +9,17 @@ locked" when another process writes, where an immediate one waits for the busy t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
-from calsched.errors import ConfigError
+from calsched.errors import ConfigError, JournalError
 
-__all__ = ["WRITE", "Synchronous", "make_engine"]
+__all__ = ["WRITE", "Synchronous", "describe_error", "make_engine", "reading", "writing"]
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -86,3 +88,37 @@ def _configure_sqlite(
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def describe_error(exc: SQLAlchemyError) -> str:
+    """The driver's own first line for ``exc``: never the statement or its parameters."""
+    orig = getattr(exc, "orig", None)
+    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
+
+
+@contextmanager
+def writing(engine: Engine, what: str) -> Iterator[Connection]:
+    """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success.
+
+    Database errors become :class:`JournalError` naming ``what`` ("journal",
+    "calendar") and the driver's sentence, never the parameters.
+    """
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                yield conn
+    except IntegrityError as exc:
+        raise JournalError(f"{what} write conflicted: {describe_error(exc)}") from None
+    except SQLAlchemyError as exc:
+        raise JournalError(f"{what} write failed: {describe_error(exc)}") from None
+
+
+@contextmanager
+def reading(engine: Engine, what: str) -> Iterator[Connection]:
+    """A connection for reads; database errors become :class:`JournalError`."""
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise JournalError(f"{what} read failed: {describe_error(exc)}") from None

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsched.errors import JournalError, SchemaVersionError
+from calsched.journal.engine import describe_error
 
 __all__ = [
     "alembic_config",
@@ -66,13 +67,7 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except SQLAlchemyError as exc:
-        raise JournalError(f"cannot read the database: {_describe(exc)}") from None
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    # The driver's own sentence, never the statement or its parameters.
-    orig = getattr(exc, "orig", None)
-    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
+        raise JournalError(f"cannot read the database: {describe_error(exc)}") from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -92,7 +87,7 @@ def _run(engine: Engine, action: Callable[[Config], None]) -> None:
             config.attributes["connection"] = conn
             action(config)
     except SQLAlchemyError as exc:
-        raise JournalError(f"migration failed: {_describe(exc)}") from None
+        raise JournalError(f"migration failed: {describe_error(exc)}") from None
 
 
 def check_known(revision: str) -> None:

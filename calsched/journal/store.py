@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, delete, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
-from calsched.errors import AgentBusyError, InvalidTransitionError, JournalError, SlotNotFoundError
+from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFoundError
 from calsched.journal import migrate
-from calsched.journal.engine import WRITE, Synchronous, make_engine
+from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.replay import Mismatch, diff, fold, project
 from calsched.journal.schema import events, outbox, slots
 from calsched.lifecycle import SLOT_MACHINE
@@ -151,23 +150,11 @@ class Journal:
 
     # -- transactions -------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(**{WRITE: True})
-                with conn.begin():
-                    yield conn
-        except SQLAlchemyError as exc:
-            raise JournalError(f"journal write failed: {_describe(exc)}") from None
+    def _write(self) -> AbstractContextManager[Connection]:
+        return writing(self.engine, "journal")
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise JournalError(f"journal read failed: {_describe(exc)}") from None
+    def _read(self) -> AbstractContextManager[Connection]:
+        return reading(self.engine, "journal")
 
     # -- the write path -----------------------------------------------------------------
 
@@ -590,12 +577,6 @@ class Journal:
 
 def _label(state: SlotState | None) -> str:
     return "new" if state is None else state.value
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    # The driver's own sentence; never the statement or its parameters.
-    orig = getattr(exc, "orig", None)
-    return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
 
 
 def _with_seq(event: Event, seq: int) -> Event:
