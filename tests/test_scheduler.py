@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import stamina
 from sqlalchemy import func, select
 
 from calsched.errors import (
@@ -32,14 +31,9 @@ from calsched.scheduler import Scheduler
 from calsched.settings import QueuePolicy, SchedulerSettings
 from calsched.testing import InMemoryBackend, InMemoryHost
 
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 Factory = Callable[..., Scheduler]
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> object:
-    """Retries happen at once in tests (stamina's testing mode)."""
-    with stamina.set_testing(True, attempts=1):
-        yield None
 
 
 @pytest.fixture

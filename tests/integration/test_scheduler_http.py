@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-import stamina
 
 from calsched.backend.calendar import LocalCalendar
 from calsched.backend.http import HttpBackend
@@ -17,14 +16,9 @@ from calsched.scheduler import Scheduler
 from calsched.settings import SchedulerSettings
 from calsched.testing import FaultPlan, InMemoryHost
 
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
 Boot = Callable[..., Scheduler]
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> object:
-    """Retries are immediate (stamina testing mode); the outbox worker still re-tries."""
-    with stamina.set_testing(True, attempts=1):
-        yield None
 
 
 @pytest.fixture
