@@ -242,7 +242,14 @@ def test_db_current_and_upgrade(db_path: Path) -> None:
     upgraded = cli("db", "upgrade").stdout
     assert f"is at revision {before['head']} (head)" in upgraded
     after = json.loads(cli("db", "current", "--json").stdout)
-    assert after == {"current": before["head"], "head": before["head"], "up_to_date": True}
+    assert after == {
+        "database": before["database"],
+        "current": before["head"],
+        "head": before["head"],
+        "up_to_date": True,
+    }
+    assert before["database"].startswith("sqlite:///")
+    assert "database: sqlite:///" in cli("db", "current").stdout
     assert "run `calsched db upgrade`" not in cli("db", "current").stderr
 
 

@@ -253,7 +253,7 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 
 def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Show the database's schema revision and this calsched's (head).
+    """Show the database in use, its schema revision and this calsched's (head).
 
     Example: calsched db current --json
     """
@@ -271,9 +271,13 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
         finally:
             engine.dispose()
     head = migrate.head_revision()
+    database = cfg.database_display()
     if as_json:
-        print_json({"current": current, "head": head, "up_to_date": current == head})
+        print_json(
+            {"database": database, "current": current, "head": head, "up_to_date": current == head}
+        )
         return
+    typer.echo(f"database: {database}")
     typer.echo(f"current: {current or '(none)'}")
     typer.echo(f"head:    {head}")
     if current != head:
