@@ -469,6 +469,9 @@ def test_token_agent_and_admin(env: Path) -> None:
     assert agent == agent_token(secret, "bob")
     assert cli("token", "--admin").stdout.strip() == admin_token(secret)
     assert cli("token", "--agent", "bob").stdout.strip() == agent  # same secret, same token
+    as_json = json.loads(cli("token", "--agent", "bob", "--json").stdout)
+    assert as_json == {"agent": "bob", "admin": False, "token": agent}
+    assert json.loads(cli("token", "--admin", "--json").stdout)["token"] == admin_token(secret)
 
 
 # -- control API commands without a daemon -----------------------------------------------

@@ -52,6 +52,7 @@ def token(
         str | None, typer.Option("--agent", "-a", help="Print this agent's token.")
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Print the admin token.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print a bearer token for the control API (makes the secret file if missing).
 
@@ -63,7 +64,11 @@ def token(
         fail("give exactly one of --agent ID or --admin", EXIT_USAGE)
     cfg = config_of(ctx)
     secret = _secret(cfg, create=True)
-    typer.echo(admin_token(secret) if admin else agent_token(secret, agent or ""))
+    value = admin_token(secret) if admin else agent_token(secret, agent or "")
+    if as_json:
+        print_json({"agent": None if admin else agent, "admin": admin, "token": value})
+        return
+    typer.echo(value)
 
 
 def _control_call(
