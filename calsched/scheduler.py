@@ -45,11 +45,10 @@ from calsched.errors import (
 )
 from calsched.journal import Journal, OutboxRow, TransitionRequest
 from calsched.journal.replay import project
-from calsched.journal.store import OutboxCounts
+from calsched.journal.store import OutboxCounts, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import (
     CURRENT_STATES,
-    TERMINAL_STATES,
     ActiveSlotReport,
     Actor,
     AgentReport,
@@ -130,7 +129,8 @@ class Scheduler:
         self._clock = clock
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsched-journal")
         self._active: dict[str, SlotView] = {}
-        self._history: deque[dict[str, Any]] = deque(maxlen=max(settings.history_cap, 0) or None)
+        # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
+        self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
         self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
         self._dispatch_lock = asyncio.Lock()
         self._wakes: set[asyncio.Task[None]] = set()
@@ -186,15 +186,13 @@ class Scheduler:
                 self._remember(new)
             else:
                 self._active[event.slot_id] = new
-            if event.state_to in _REPORTED and event.kind is not Trigger.reconcile:
+            if notifies_backend(event.kind, event.state_to):
                 outbox = True
         self.metrics.active_slots.set(len(self._active))
         if outbox:
             self._outbox_kick.set()
 
     def _remember(self, view: SlotView) -> None:
-        if self.settings.history_cap <= 0:
-            return
         self._history.append(
             {
                 "slot_id": view.slot_id,
@@ -285,7 +283,8 @@ class Scheduler:
         are picked up by the outbox worker. Only live slots are read, never the history.
         """
         views = await self._call(self.journal.load_active)
-        recent = await self._call(self.journal.history, limit=self.settings.history_cap or 1)
+        cap = self.settings.history_cap
+        recent = await self._call(self.journal.history, limit=cap) if cap else []
         self._active = {v.slot_id: v for v in views}
         self._history.clear()
         for view in reversed(recent):
@@ -336,9 +335,10 @@ class Scheduler:
         try:
             async with asyncio.timeout(self.settings.backend_deadline_s):
                 response, rejected = await self.backend.heartbeat(request)
-        except (BackendError, TimeoutError) as exc:
+        except (BackendError, TimeoutError) as caught:
+            exc = self._no_answer() if isinstance(caught, TimeoutError) else caught
             self.metrics.heartbeats.labels("failed").inc()
-            self._last_error = _describe(exc, self.settings.backend_deadline_s)
+            self._last_error = str(exc)
             if isinstance(exc, BackendRefusedError):
                 self._key_refused = True
             log.warning("heartbeat failed: %s", self._last_error)
@@ -717,6 +717,10 @@ class Scheduler:
         except Exception:
             log.exception("delivering outbox row %s failed unexpectedly", row.id)
 
+    def _no_answer(self) -> BackendUnavailableError:
+        """A backend call cut off by ``backend_deadline_s``, as a passing fault."""
+        return BackendUnavailableError(f"no answer within {self.settings.backend_deadline_s:g}s")
+
     async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
         """One try. Raises :class:`_RetryLater` for faults worth retrying."""
         try:
@@ -738,9 +742,7 @@ class Scheduler:
             hint = exc.retry_after if isinstance(exc, BackendUnavailableError) else None
             self._key_refused = isinstance(exc, BackendRefusedError)
             if isinstance(exc, TimeoutError):
-                exc = BackendUnavailableError(
-                    f"no answer within {self.settings.backend_deadline_s:g}s"
-                )
+                exc = self._no_answer()
             wait = hint if hint is not None else self.settings.outbox_backoff_initial_s
             next_try = self._clock() + timedelta(seconds=wait)
             await self._call(self.journal.mark_retry, row.id, next_try, str(exc))
@@ -751,9 +753,6 @@ class Scheduler:
         self._failpoint("after_outbox_send")
         self._key_refused = False
         await self._call(self.journal.mark_delivered, row.id)
-
-
-_REPORTED = frozenset({SlotState.in_progress, SlotState.paused} | TERMINAL_STATES)
 
 
 def _opt_time(value: datetime | None) -> str | None:
@@ -767,9 +766,3 @@ def _human(delta: timedelta) -> str:
     if seconds < 7200:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-def _describe(exc: BaseException, deadline: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {deadline:g}s"
-    return str(exc)

@@ -41,7 +41,7 @@ from calsched.model import (
     utcnow,
 )
 
-__all__ = ["Journal", "OutboxCounts", "OutboxRow", "TransitionRequest"]
+__all__ = ["Journal", "OutboxCounts", "OutboxRow", "TransitionRequest", "notifies_backend"]
 
 Clock = Callable[[], datetime]
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
@@ -96,9 +96,9 @@ class OutboxCounts:
     dead: int
 
 
-def _notifies(trigger: Trigger, state_to: SlotState) -> bool:
-    # The backend hears every change to a reported state, except a reconcile: that status
-    # came from the backend in the first place.
+def notifies_backend(trigger: Trigger, state_to: SlotState) -> bool:
+    """Whether a transition gets an outbox row: the backend hears every change to a
+    reported state, except a reconcile (that status came from the backend itself)."""
     return state_to in REPORTED_STATES and trigger is not Trigger.reconcile
 
 
@@ -204,7 +204,7 @@ class Journal:
             ).scalar_one()
             event = _with_seq(event, seq)
             views[request.slot_id] = project(view, event)
-            if _notifies(event.kind, event.state_to):
+            if notifies_backend(event.kind, event.state_to):
                 conn.execute(
                     insert(outbox),
                     {
