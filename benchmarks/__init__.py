@@ -1,0 +1,1 @@
+"""calsched benchmarks: `make bench` (quick) and `make bench ARGS=--full`."""
