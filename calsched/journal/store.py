@@ -17,15 +17,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, RowMapping, delete, func, insert, select, update
 
 from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFoundError
-from calsched.journal import migrate
+from calsched.journal import migrate, statements
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.replay import Mismatch, diff, fold, project
 from calsched.journal.schema import events, outbox, slots
+from calsched.journal.statements import Statements
 from calsched.lifecycle import SLOT_MACHINE
 from calsched.model import (
     ACTIVE_STATES,
@@ -41,11 +43,27 @@ from calsched.model import (
     utcnow,
 )
 
-__all__ = ["Journal", "OutboxCounts", "OutboxRow", "TransitionRequest", "notifies_backend"]
+__all__ = [
+    "REFUSALS",
+    "Applied",
+    "Journal",
+    "OutboxCounts",
+    "OutboxRow",
+    "TransitionRequest",
+    "notifies_backend",
+]
 
 Clock = Callable[[], datetime]
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 _CURRENT = sorted(s.value for s in CURRENT_STATES)
+
+#: What a transition that does not fit raises, always before it writes anything.
+REFUSALS: tuple[type[Exception], ...] = (
+    InvalidTransitionError,
+    AgentBusyError,
+    SlotNotFoundError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +83,18 @@ class TransitionRequest:
     reason: str | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
     attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a committed batch did: its events in order, and each touched slot after it.
+
+    The views are the projection the journal wrote, computed once; the scheduler's live
+    view takes them as they are.
+    """
+
+    events: list[Event]
+    views: dict[str, SlotView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +174,11 @@ class Journal:
             raise
         return cls(engine, identifier, clock=clock)
 
+    @cached_property
+    def _sql(self) -> Statements:
+        # Compiled on first write, for this engine's dialect.
+        return Statements(self.engine.dialect)
+
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
@@ -171,79 +206,87 @@ class Journal:
         if not requests:
             return []
         with self._write() as conn:
-            return self._apply_in(conn, requests)
+            return self.apply_in(conn, requests).events
 
-    def _apply_in(self, conn: Connection, requests: Sequence[TransitionRequest]) -> list[Event]:
+    def apply_in(self, conn: Connection, requests: Sequence[TransitionRequest]) -> Applied:
+        """Fire ``requests``, all or none, inside the write transaction ``conn`` holds.
+
+        Every refusal (:data:`REFUSALS`) is raised before this writes anything, so the
+        group writer can refuse one caller's batch and still commit its neighbours'.
+        """
+        if not requests:
+            return Applied([], {})
+        st = self._sql
         now = self._clock()
-        ids = sorted({r.slot_id for r in requests})
-        views: dict[str, SlotView] = {
-            v.slot_id: v for v in self._select_views(conn, slots.c.slot_id.in_(ids), lock=True)
-        }
-        existed = set(views)
+        stored = {sid: self._load_view(conn, sid) for sid in sorted({r.slot_id for r in requests})}
+        heads = {sid: _Head(v.state, v.attempt, v.agent_id) for sid, v in stored.items() if v}
+        current = {h.agent_id: sid for sid, h in heads.items() if h.state in CURRENT_STATES}
+        drafts: list[Event] = []
+        for request in requests:  # decide everything first: a refusal writes nothing
+            event = self._decide(conn, request, heads, current, now)
+            heads[request.slot_id] = _Head(event.state_to, event.attempt, event.agent_id)
+            if event.state_to in CURRENT_STATES:
+                current[event.agent_id] = request.slot_id
+            elif current.get(event.agent_id) == request.slot_id:
+                del current[event.agent_id]
+            drafts.append(event)
+        views: dict[str, SlotView | None] = dict(stored)
+        received: set[str] = set()
         appended: list[Event] = []
-        for request in requests:
-            view = views.get(request.slot_id)
-            event = self._decide(conn, request, view, views, now)
-            seq = conn.execute(
-                insert(events).returning(events.c.seq),
-                {
-                    "event_id": event.event_id,
-                    "identifier": event.identifier,
-                    "slot_id": event.slot_id,
-                    "attempt": event.attempt,
-                    "agent_id": event.agent_id,
-                    "kind": event.kind.value,
-                    "actor": event.actor.value,
-                    "state_from": event.state_from.value if event.state_from else None,
-                    "state_to": event.state_to.value,
-                    "summary": event.summary,
-                    "reason": event.reason,
-                    "payload": dict(event.payload),
-                    "recorded_at": event.recorded_at,
-                },
-            ).scalar_one()
-            event = _with_seq(event, seq)
-            views[request.slot_id] = project(view, event)
+        for draft in drafts:
+            seq = statements.insert_returning_id(conn, st.insert_event, _event_values(draft))
+            event = _with_seq(draft, seq)
+            views[event.slot_id] = project(views[event.slot_id], event)
+            if event.kind is Trigger.receive:
+                received.add(event.slot_id)
             if notifies_backend(event.kind, event.state_to):
-                conn.execute(
-                    insert(outbox),
-                    {
-                        "event_seq": seq,
-                        "idempotency_key": event.event_id,
-                        "identifier": event.identifier,
-                        "slot_id": event.slot_id,
-                        "attempt": event.attempt,
-                        "status": event.state_to.value,
-                        "summary": event.summary,
-                        "reason": event.reason,
-                        "occurred_at": event.recorded_at,
-                        "tries": 0,
-                        "next_try_at": event.recorded_at,
-                    },
-                )
+                statements.execute(conn, st.insert_outbox, _outbox_values(event, seq))
             appended.append(event)
-        for slot_id in {e.slot_id for e in appended}:
-            self._store_view(conn, views[slot_id], exists=slot_id in existed)
-        return appended
+        after: dict[str, SlotView] = {}
+        for event in appended:
+            if event.slot_id in after:
+                continue
+            view = views[event.slot_id]
+            assert view is not None
+            after[event.slot_id] = view
+            if stored[event.slot_id] is None:
+                statements.execute(conn, st.insert_slot, _view_values(view))
+            elif event.slot_id in received:  # a new attempt: the whole row changes
+                statements.execute(conn, st.update_slot, _keyed(view, _view_values(view)))
+            else:
+                statements.execute(conn, st.update_slot_state, _keyed(view, _state_values(view)))
+        return Applied(appended, after)
+
+    def _load_view(self, conn: Connection, slot_id: str) -> SlotView | None:
+        """The stored projection of one slot, locked for this write transaction."""
+        st = self._sql
+        rows = statements.fetch_all(
+            conn, st.select_slot, {"identifier": self.identifier, "slot_id": slot_id}
+        )
+        if not rows:
+            return None
+        values = (v if f is None else f(v) for f, v in zip(st.slot_readers, rows[0], strict=True))
+        return _view_from_row(dict(zip(st.slot_columns, values, strict=True)))
 
     def _decide(
         self,
         conn: Connection,
         request: TransitionRequest,
-        view: SlotView | None,
-        views: Mapping[str, SlotView],
+        heads: Mapping[str, _Head],
+        current: Mapping[str, str],
         now: datetime,
     ) -> Event:
+        head = heads.get(request.slot_id)
         if request.trigger is Trigger.receive:
             if request.slot is None or request.slot.id != request.slot_id:
                 raise ValueError("receive needs the slot itself, with the same id")
-        elif view is None:
+        elif head is None:
             raise SlotNotFoundError(request.slot_id)
-        state = view.state if view else None
-        if request.attempt is not None and view is not None and view.attempt != request.attempt:
+        state = head.state if head else None
+        if request.attempt is not None and head is not None and head.attempt != request.attempt:
             raise InvalidTransitionError(
                 request.slot_id,
-                f"{_label(state)} (attempt {view.attempt}, not {request.attempt})",
+                f"{_label(state)} (attempt {head.attempt}, not {request.attempt})",
                 request.trigger.value,
             )
         step = SLOT_MACHINE.fire(
@@ -252,14 +295,14 @@ class Journal:
         if request.trigger is Trigger.receive:
             assert request.slot is not None
             agent_id = request.slot.agent_id
-            attempt = view.attempt + 1 if view else 1
+            attempt = head.attempt + 1 if head else 1
             payload: dict[str, Any] = {**request.payload, "slot": request.slot.to_wire()}
         else:
-            assert view is not None
-            agent_id, attempt, payload = view.agent_id, view.attempt, dict(request.payload)
+            assert head is not None
+            agent_id, attempt, payload = head.agent_id, head.attempt, dict(request.payload)
         if step.state_to in CURRENT_STATES and state not in CURRENT_STATES:
             # At most one current slot per agent: the journal enforces it, not only callers.
-            busy = self._current_for_agent(conn, agent_id, views, exclude=request.slot_id)
+            busy = self._current_for_agent(conn, agent_id, heads, current, request.slot_id)
             if busy is not None:
                 raise AgentBusyError(agent_id, busy)
         return Event(
@@ -279,26 +322,25 @@ class Journal:
         )
 
     def _current_for_agent(
-        self, conn: Connection, agent_id: str, views: Mapping[str, SlotView], *, exclude: str
+        self,
+        conn: Connection,
+        agent_id: str,
+        heads: Mapping[str, _Head],
+        current: Mapping[str, str],
+        exclude: str,
     ) -> str | None:
         # Slots already touched in this batch are judged by their in-batch state.
-        for view in views.values():
-            if (
-                view.agent_id == agent_id
-                and view.slot_id != exclude
-                and view.state in CURRENT_STATES
-            ):
-                return view.slot_id
-        rows = conn.execute(
-            select(slots.c.slot_id).where(
-                slots.c.identifier == self.identifier,
-                slots.c.agent_id == agent_id,
-                slots.c.state.in_(_CURRENT),
-                slots.c.slot_id != exclude,
-            )
-        ).scalars()
-        for slot_id in rows:
-            if slot_id not in views:
+        mine = current.get(agent_id)
+        if mine is not None and mine != exclude:
+            return mine
+        values = {
+            "identifier": self.identifier,
+            "agent_id": agent_id,
+            "slot_id": exclude,
+            **{f"current_{i}": s for i, s in enumerate(_CURRENT)},
+        }
+        for (slot_id,) in statements.fetch_all(conn, self._sql.current_of_agent, values):
+            if slot_id not in heads:
                 return str(slot_id)
         return None
 
@@ -311,9 +353,7 @@ class Journal:
                 .values(values)
             )
         else:
-            conn.execute(
-                insert(slots), {"identifier": view.identifier, "slot_id": view.slot_id, **values}
-            )
+            conn.execute(insert(slots), values)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -474,29 +514,37 @@ class Journal:
     def mark_delivered(self, row_id: int, note: str | None = None) -> None:
         """The backend acknowledged the row."""
         with self._write() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(delivered_at=self._clock(), tries=outbox.c.tries + 1, last_error=note)
-            )
+            self.mark_delivered_in(conn, row_id, note)
+
+    def mark_delivered_in(self, conn: Connection, row_id: int, note: str | None = None) -> None:
+        """:meth:`mark_delivered` inside the write transaction ``conn`` holds."""
+        self._mark(conn, row_id, delivered_at=self._clock(), last_error=note)
 
     def mark_retry(self, row_id: int, next_try_at: datetime, error: str) -> None:
         """A passing fault (or a refused key): try again at ``next_try_at``."""
         with self._write() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(next_try_at=next_try_at, tries=outbox.c.tries + 1, last_error=error[:2000])
-            )
+            self.mark_retry_in(conn, row_id, next_try_at, error)
+
+    def mark_retry_in(
+        self, conn: Connection, row_id: int, next_try_at: datetime, error: str
+    ) -> None:
+        """:meth:`mark_retry` inside the write transaction ``conn`` holds."""
+        self._mark(conn, row_id, next_try_at=next_try_at, last_error=error[:2000])
 
     def mark_dead(self, row_id: int, error: str) -> None:
         """The backend cannot take the row: keep it, visible, and stop trying."""
         with self._write() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(dead_at=self._clock(), tries=outbox.c.tries + 1, last_error=error[:2000])
-            )
+            self.mark_dead_in(conn, row_id, error)
+
+    def mark_dead_in(self, conn: Connection, row_id: int, error: str) -> None:
+        """:meth:`mark_dead` inside the write transaction ``conn`` holds."""
+        self._mark(conn, row_id, dead_at=self._clock(), last_error=error[:2000])
+
+    def _mark(self, conn: Connection, row_id: int, **values: Any) -> None:
+        # One more try recorded with every outcome: tries counts the backend's answers.
+        conn.execute(
+            update(outbox).where(outbox.c.id == row_id).values(tries=outbox.c.tries + 1, **values)
+        )
 
     def settle_conflict(
         self, row: OutboxRow, backend_status: SlotState, reason: str | None
@@ -507,32 +555,32 @@ class Journal:
         has moved to another attempt) and the row marked delivered with a note.
         """
         with self._write() as conn:
-            found = self._select_views(conn, slots.c.slot_id == row.slot_id, lock=True)
-            event: Event | None = None
-            if found and found[0].attempt == row.attempt and found[0].state is not backend_status:
-                event = self._apply_in(
-                    conn,
-                    [
-                        TransitionRequest(
-                            slot_id=row.slot_id,
-                            trigger=Trigger.reconcile,
-                            actor=Actor.backend,
-                            target=backend_status,
-                            reason=reason,
-                            attempt=row.attempt,
-                        )
-                    ],
-                )[0]
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row.id)
-                .values(
-                    delivered_at=self._clock(),
-                    tries=outbox.c.tries + 1,
-                    last_error=f"409: backend holds {backend_status.value}",
-                )
+            applied = self.settle_conflict_in(conn, row, backend_status, reason)
+        return applied.events[0] if applied.events else None
+
+    def settle_conflict_in(
+        self, conn: Connection, row: OutboxRow, backend_status: SlotState, reason: str | None
+    ) -> Applied:
+        """:meth:`settle_conflict` inside the write transaction ``conn`` holds."""
+        found = self._load_view(conn, row.slot_id)
+        applied = Applied([], {})
+        if found and found.attempt == row.attempt and found.state is not backend_status:
+            applied = self.apply_in(
+                conn,
+                [
+                    TransitionRequest(
+                        slot_id=row.slot_id,
+                        trigger=Trigger.reconcile,
+                        actor=Actor.backend,
+                        target=backend_status,
+                        reason=reason,
+                        attempt=row.attempt,
+                    )
+                ],
             )
-        return event
+        note = f"409: backend holds {backend_status.value}"
+        self._mark(conn, row.id, delivered_at=self._clock(), last_error=note)
+        return applied
 
     def outbox_counts(self) -> OutboxCounts:
         """Rows waiting (pending) and dead-lettered."""
@@ -575,6 +623,67 @@ class Journal:
         return len(folded)
 
 
+class _Head(NamedTuple):
+    """What deciding a transition needs of a slot: its state, attempt and agent."""
+
+    state: SlotState
+    attempt: int
+    agent_id: str
+
+
+def _event_values(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "identifier": event.identifier,
+        "slot_id": event.slot_id,
+        "attempt": event.attempt,
+        "agent_id": event.agent_id,
+        "kind": event.kind.value,
+        "actor": event.actor.value,
+        "state_from": event.state_from.value if event.state_from else None,
+        "state_to": event.state_to.value,
+        "summary": event.summary,
+        "reason": event.reason,
+        "payload": dict(event.payload),
+        "recorded_at": event.recorded_at,
+    }
+
+
+def _outbox_values(event: Event, seq: int) -> dict[str, Any]:
+    return {
+        "event_seq": seq,
+        "idempotency_key": event.event_id,
+        "identifier": event.identifier,
+        "slot_id": event.slot_id,
+        "attempt": event.attempt,
+        "status": event.state_to.value,
+        "summary": event.summary,
+        "reason": event.reason,
+        "occurred_at": event.recorded_at,
+        "tries": 0,
+        "next_try_at": event.recorded_at,
+        "last_error": None,
+        "delivered_at": None,
+        "dead_at": None,
+    }
+
+
+def _state_values(view: SlotView) -> dict[str, Any]:
+    return {
+        "state": view.state.value,
+        "started_at": view.started_at,
+        "updated_at": view.updated_at,
+        "resolved_at": view.resolved_at,
+        "summary": view.summary,
+        "reason": view.reason,
+        "last_seq": view.last_seq,
+    }
+
+
+def _keyed(view: SlotView, values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "k_identifier": view.identifier, "k_slot_id": view.slot_id}
+
+
 def _label(state: SlotState | None) -> str:
     return "new" if state is None else state.value
 
@@ -585,6 +694,8 @@ def _with_seq(event: Event, seq: int) -> Event:
 
 def _view_values(view: SlotView) -> dict[str, Any]:
     return {
+        "identifier": view.identifier,
+        "slot_id": view.slot_id,
         "agent_id": view.agent_id,
         "state": view.state.value,
         "attempt": view.attempt,
@@ -599,7 +710,7 @@ def _view_values(view: SlotView) -> dict[str, Any]:
     }
 
 
-def _view_from_row(row: RowMapping) -> SlotView:
+def _view_from_row(row: Mapping[Any, Any]) -> SlotView:
     return SlotView(
         identifier=row["identifier"],
         slot_id=row["slot_id"],

@@ -1,0 +1,210 @@
+"""Core statements compiled once per database, run on the driver's own cursor.
+
+The journal's hot path fires a handful of statements per transition. Through
+``Connection.execute`` each one pays for argument coercion, a cache-key lookup and an
+execution context: about a millisecond of Python per transition, five times what the
+database itself needs. Here each statement is a SQLAlchemy Core construct (so the SQL is
+the dialect's own, casts and quoting included) compiled once, with the bind and result
+processors of its columns' types fetched once; executing it is one driver call.
+
+Every statement stays parameterised: values only ever travel as bound parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection, Dialect, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.expression import ClauseElement
+
+from calsched.journal.schema import events, outbox, slots
+
+__all__ = [
+    "MUTABLE_SLOT_COLUMNS",
+    "Compiled",
+    "Statements",
+    "execute",
+    "fetch_all",
+    "insert_returning_id",
+]
+
+Processor = Callable[[Any], Any] | None
+
+#: Projection columns a transition may change; receive rewrites the whole row.
+MUTABLE_SLOT_COLUMNS = (
+    "state",
+    "started_at",
+    "updated_at",
+    "resolved_at",
+    "summary",
+    "reason",
+    "last_seq",
+)
+_SLOT_COLUMNS = tuple(c.name for c in slots.columns)
+_EVENT_COLUMNS = tuple(c.name for c in events.columns if c.name != "seq")
+_OUTBOX_COLUMNS = tuple(c.name for c in outbox.columns if c.name not in ("id",))
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """One statement's SQL for one dialect, and how to bind its parameters."""
+
+    sql: str
+    names: tuple[str, ...]
+    binders: tuple[Processor, ...]
+    positional: bool
+    returns: bool = False
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        """The driver's parameters for ``values``, each through its type's processor."""
+        out = [
+            value if proc is None else proc(value)
+            for proc, value in zip(self.binders, (values[n] for n in self.names), strict=True)
+        ]
+        if self.positional:
+            return tuple(out)
+        return dict(zip(self.names, out, strict=True))
+
+
+def _compile(
+    stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] = (), *, returns: bool = False
+) -> Compiled:
+    compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) or None)
+    assert isinstance(compiled, SQLCompiler)
+    positional = bool(compiled.positional)
+    names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
+    binders = tuple(
+        compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+    )
+    return Compiled(compiled.string, names, binders, positional, returns)
+
+
+def _readers(dialect: Dialect, cols: Sequence[Column[Any]]) -> tuple[Processor, ...]:
+    return tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols)
+
+
+class Statements:
+    """The journal's write-path statements for one dialect, compiled on first use."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        #: SQLite hands out the new ``seq`` as ``lastrowid``; elsewhere ``RETURNING`` does.
+        self.lastrowid = dialect.name == "sqlite"
+        key: tuple[BindParameter[str], BindParameter[str]] = (
+            bindparam("identifier"),
+            bindparam("slot_id"),
+        )
+        slot_row = select(*slots.columns).where(slots.c.identifier == key[0])
+        self.slot_columns = _SLOT_COLUMNS
+        self.select_slot = _compile(
+            slot_row.where(slots.c.slot_id == key[1]).with_for_update(), dialect
+        )
+        self.slot_readers = _readers(dialect, list(slots.columns))
+        self.current_of_agent = _compile(
+            select(slots.c.slot_id).where(
+                slots.c.identifier == key[0],
+                slots.c.agent_id == bindparam("agent_id"),
+                slots.c.state.in_([bindparam(f"current_{i}") for i in range(3)]),
+                slots.c.slot_id != key[1],
+            ),
+            dialect,
+        )
+        event_insert = insert(events)
+        if not self.lastrowid:
+            event_insert = event_insert.returning(events.c.seq)
+        self.insert_event = _compile(
+            event_insert, dialect, _EVENT_COLUMNS, returns=not self.lastrowid
+        )
+        self.insert_outbox = _compile(insert(outbox), dialect, _OUTBOX_COLUMNS)
+        self.insert_slot = _compile(insert(slots), dialect, _SLOT_COLUMNS)
+        where = (
+            slots.c.identifier == bindparam("k_identifier"),
+            slots.c.slot_id == bindparam("k_slot_id"),
+        )
+        self.update_slot = _compile(
+            update(slots)
+            .where(*where)
+            .values({n: bindparam(n) for n in _SLOT_COLUMNS if n not in ("identifier", "slot_id")}),
+            dialect,
+        )
+        self.update_slot_state = _compile(
+            update(slots).where(*where).values({n: bindparam(n) for n in MUTABLE_SLOT_COLUMNS}),
+            dialect,
+        )
+
+
+def _run(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> Any:
+    """Execute on the driver's cursor, firing SQLAlchemy's cursor events for listeners.
+
+    The events keep what hooks into the engine working on this path too: echo, tracing,
+    and tests that make the k-th statement fail. Listeners see ``context=None``.
+    """
+    params = stmt.params(values)
+    cursor = conn.connection.cursor()
+    dispatch = conn.dispatch
+    try:
+        if dispatch.before_cursor_execute:
+            for fn in dispatch.before_cursor_execute:
+                fn(conn, cursor, stmt.sql, params, None, False)
+        cursor.execute(stmt.sql, params)
+        if dispatch.after_cursor_execute:
+            for fn in dispatch.after_cursor_execute:
+                fn(conn, cursor, stmt.sql, params, None, False)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        cursor.close()
+        raise _wrapped(conn, stmt, params, exc) from exc
+    except BaseException:
+        cursor.close()
+        raise
+    return cursor
+
+
+def _wrapped(conn: Connection, stmt: Compiled, params: Any, exc: Any) -> StatementError:
+    """The driver's error as SQLAlchemy's (IntegrityError, OperationalError, ...), values
+    hidden, so callers handle one hierarchy; a lost connection is not reused."""
+    dialect = conn.dialect
+    lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+    if lost:
+        conn.invalidate(exc)
+    error: StatementError = DBAPIError.instance(
+        stmt.sql,
+        params,  # never shown: hide_parameters
+        exc,
+        dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=lost,
+        dialect=dialect,
+    )
+    return error
+
+
+def execute(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> None:
+    """Execute ``stmt`` with ``values`` on ``conn``'s driver cursor."""
+    _run(conn, stmt, values).close()
+
+
+def insert_returning_id(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> int:
+    """Execute an insert and return the new row's id (``lastrowid`` or ``RETURNING``)."""
+    cursor = _run(conn, stmt, values)
+    try:
+        if stmt.returns:
+            row = cursor.fetchone()
+            assert row is not None, "an insert with RETURNING returns its row"
+            return int(row[0])
+        return int(cursor.lastrowid)
+    finally:
+        cursor.close()
+
+
+def fetch_all(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> list[Any]:
+    """Execute a select and return every row as the driver gives it."""
+    cursor = _run(conn, stmt, values)
+    try:
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
