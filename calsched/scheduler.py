@@ -44,15 +44,14 @@ from calsched.errors import (
     WakeFailedError,
 )
 from calsched.journal import Journal, OutboxRow, TransitionRequest
-from calsched.journal.replay import project
-from calsched.journal.store import OutboxCounts, notifies_backend
+from calsched.journal.store import Applied, OutboxCounts, notifies_backend
+from calsched.journal.writer import GroupWriter, Work
 from calsched.metrics import Metrics
 from calsched.model import (
     CURRENT_STATES,
     ActiveSlotReport,
     Actor,
     AgentReport,
-    Event,
     HeartbeatRequest,
     PluginInfo,
     Slot,
@@ -127,16 +126,21 @@ class Scheduler:
         self.host = host
         self.metrics = metrics or Metrics()
         self._clock = clock
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsched-journal")
+        self._writer = GroupWriter(journal.engine)
+        # Reads never queue behind the writer; WAL lets them run beside a commit.
+        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
         self._active: dict[str, SlotView] = {}
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
         self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
         self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
         self._dispatch_lock = asyncio.Lock()
         self._wakes: set[asyncio.Task[None]] = set()
-        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._deliveries: dict[str, asyncio.Task[bool]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._outbox_kick = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
+        #: Slot -> the last row whose delivery finished during the current outbox read.
+        self._finished: dict[str, int] = {}
         self._stopped = asyncio.Event()
         self._outbox_counts = OutboxCounts(pending=0, dead=0)
         self._last_heartbeat: datetime | None = None
@@ -151,43 +155,55 @@ class Scheduler:
     # -- the one way to the journal ------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a journal call on the writer thread; never on the event loop."""
+        """Run a journal read on a reader thread; never on the event loop."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._writer, partial(fn, *args, **kwargs))
-        # A cancelled caller must not turn a commit into an unknown outcome: the thread
+        return await loop.run_in_executor(self._reader, partial(fn, *args, **kwargs))
+
+    async def _write(self, work: Work[T]) -> T:
+        """Run a journal write through the group writer; return once it committed."""
+        # A cancelled caller must not turn a commit into an unknown outcome: the writer
         # finishes either way, and shield lets the result land.
-        return await asyncio.shield(future)
+        return await asyncio.shield(asyncio.wrap_future(self._writer.submit(work)))
 
-    async def _commit(self, requests: Sequence[TransitionRequest]) -> list[Event]:
-        """Commit transitions in one transaction; update the live view from the events."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._writer, self.journal.apply_many, list(requests))
+    async def _commit(self, requests: Sequence[TransitionRequest]) -> Applied:
+        """Commit transitions in one transaction; the live view takes their projection."""
+        return await self._commit_work(partial(self.journal.apply_in, requests=list(requests)))
+
+    async def _commit_work(self, work: Work[Applied]) -> Applied:
+        """The only way a change reaches the live view: from a committed :class:`Applied`.
+
+        The view is updated in a done-callback, so it equals the journal even when the
+        task that asked for the commit is cancelled while the commit is in flight.
+        """
+        future = asyncio.wrap_future(self._writer.submit(work))
         future.add_done_callback(self._absorb_result)
-        events = await asyncio.shield(future)
+        applied = await asyncio.shield(future)
         self._failpoint("after_commit")
-        return events
+        return applied
 
-    def _absorb_result(self, future: asyncio.Future[list[Event]]) -> None:
+    def _absorb_result(self, future: asyncio.Future[Applied]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         self._absorb(future.result())
 
-    def _absorb(self, events: Iterable[Event]) -> None:
-        """Fold committed events into the live view, history and metrics."""
+    def _absorb(self, applied: Applied) -> None:
+        """Take committed views into the live view, history and metrics."""
         outbox = False
-        for event in events:
+        received: set[str] = set()
+        for event in applied.events:
             self.metrics.transitions.labels(event.kind.value).inc()
-            view = self._active.get(event.slot_id)
-            if event.kind is not Trigger.receive and view is None:
-                continue  # a reconcile of a slot that had already ended here: not live
-            new = project(view if event.kind is not Trigger.receive else None, event)
-            if new.terminal:
-                self._active.pop(event.slot_id, None)
-                self._remember(new)
-            else:
-                self._active[event.slot_id] = new
+            if event.kind is Trigger.receive:
+                received.add(event.slot_id)
             if notifies_backend(event.kind, event.state_to):
                 outbox = True
+        for slot_id, view in applied.views.items():
+            if slot_id not in self._active and slot_id not in received:
+                continue  # a reconcile of a slot that had already ended here: not live
+            if view.terminal:
+                self._active.pop(slot_id, None)
+                self._remember(view)
+            else:
+                self._active[slot_id] = view
         self.metrics.active_slots.set(len(self._active))
         if outbox:
             self._outbox_kick.set()
@@ -244,9 +260,10 @@ class Scheduler:
         with contextlib.suppress(Exception):
             await self._flush_outbox(deadline)
         await self._drain(set(self._deliveries.values()), deadline)
-        await asyncio.to_thread(self._writer.shutdown, True)
+        await asyncio.to_thread(self._writer.close)
+        await asyncio.to_thread(self._reader.shutdown, True)
 
-    async def _drain(self, tasks: set[asyncio.Task[None]], deadline: float) -> None:
+    async def _drain(self, tasks: Iterable[asyncio.Task[Any]], deadline: float) -> None:
         pending = {t for t in tasks if not t.done()}
         if not pending:
             return
@@ -267,10 +284,12 @@ class Scheduler:
             if self._wakes:
                 await asyncio.wait(set(self._wakes))
                 continue
-            await self._outbox_pass()
+            started = await self._outbox_pass()
             if self._deliveries:
                 await asyncio.wait(set(self._deliveries.values()))
                 continue
+            if started:
+                continue  # they finished already: their slots' next rows may be due
             if not self._wakes:
                 return
 
@@ -594,7 +613,7 @@ class Scheduler:
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:
             raise NoActiveSlotError(agent_id)
-        (event,) = await self._commit(
+        applied = await self._commit(
             [
                 TransitionRequest(
                     current.slot_id,
@@ -606,7 +625,7 @@ class Scheduler:
                 )
             ]
         )
-        after = project(current, event)
+        after = applied.views[current.slot_id]
         if after.terminal:
             await self._pump(agent_id)
         return after
@@ -659,21 +678,34 @@ class Scheduler:
                 async with asyncio.timeout(self.settings.outbox_poll_s):
                     await self._outbox_kick.wait()
 
-    async def _outbox_pass(self) -> None:
-        # Cleared before reading, so a commit during the pass kicks the next one.
-        self._outbox_kick.clear()
-        rows = await self._call(self.journal.due_outbox, self._clock())
-        for row in rows:
-            if row.slot_id in self._deliveries:
-                continue  # that slot's head row is already being delivered
-            task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
-            self._deliveries[row.slot_id] = task
-            task.add_done_callback(partial(self._delivery_done, row.slot_id))
+    async def _outbox_pass(self) -> int:
+        """Start a delivery for each slot's due head row; return how many started."""
+        async with self._pass_lock:
+            # Cleared before reading, so a commit during the pass kicks the next one.
+            self._outbox_kick.clear()
+            # This read starts after every delivery finished so far was marked; only the
+            # ones finishing while it runs can make a row it returns stale.
+            self._finished.clear()
+            rows = await self._call(self.journal.due_outbox, self._clock())
+            started = 0
+            for row in rows:
+                if row.slot_id in self._deliveries:
+                    continue  # that slot's head row is already being delivered
+                if row.id <= self._finished.get(row.slot_id, 0):
+                    continue  # delivered (or rescheduled) while we read: a stale row
+                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+                self._deliveries[row.slot_id] = task
+                task.add_done_callback(partial(self._delivery_done, row.slot_id, row.id))
+                started += 1
         await self._refresh_outbox_counts()
+        return started
 
-    def _delivery_done(self, slot_id: str, task: asyncio.Task[None]) -> None:
+    def _delivery_done(self, slot_id: str, row_id: int, task: asyncio.Task[bool]) -> None:
         if self._deliveries.get(slot_id) is task:
             del self._deliveries[slot_id]
+        self._finished[slot_id] = max(row_id, self._finished.get(slot_id, 0))
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return  # the row could not be marked: the next poll tries it, no kick
         # The slot's next row (if any) is due now.
         self._outbox_kick.set()
 
@@ -683,13 +715,17 @@ class Scheduler:
         timeout = max(0.0, deadline - loop.time())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._outbox_pass()
-                while self._deliveries:
-                    await asyncio.wait(set(self._deliveries.values()))
-                    await self._outbox_pass()
+                started = await self._outbox_pass()
+                while started or self._deliveries:
+                    if self._deliveries:
+                        await asyncio.wait(set(self._deliveries.values()))
+                    started = await self._outbox_pass()
 
-    async def _deliver(self, row: OutboxRow) -> None:
-        """Deliver one row, retrying passing faults with stamina (backoff and jitter)."""
+    async def _deliver(self, row: OutboxRow) -> bool:
+        """Deliver one row, retrying passing faults with stamina (backoff and jitter).
+
+        Returns whether the row was marked (delivered, dead, or rescheduled).
+        """
         update = SlotUpdate(
             identifier=row.identifier,
             status=row.status,
@@ -714,8 +750,24 @@ class Scheduler:
             pass  # the row keeps its next_try_at; the worker picks it up again later
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("delivering outbox row %s failed unexpectedly", row.id)
+        except Exception as exc:
+            # Any failure is a failed try: the row waits its backoff, never a hot loop.
+            wait = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2 ** min(row.tries, 32))
+            log.error(
+                "delivering outbox row %s failed unexpectedly (%s); next try in %gs",
+                row.id,
+                type(exc).__name__,
+                wait,
+            )
+            next_try = self._clock() + timedelta(seconds=wait)
+            error = f"unexpected {type(exc).__name__}"
+            try:
+                await self._write(
+                    lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error)
+                )
+            except Exception:  # the journal itself may be what failed
+                return False
+        return True
 
     def _no_answer(self) -> BackendUnavailableError:
         """A backend call cut off by ``backend_deadline_s``, as a passing fault."""
@@ -728,14 +780,16 @@ class Scheduler:
                 await self.backend.send_status(row.slot_id, update, row.idempotency_key)
         except BackendConflictError as exc:
             held = SlotState(exc.status)
-            event = await self._call(self.journal.settle_conflict, row, held, exc.reason)
-            if event is not None:
-                self._absorb([event])
+            reason = exc.reason
+            applied = await self._commit_work(
+                lambda conn: self.journal.settle_conflict_in(conn, row, held, reason)
+            )
+            for event in applied.events:
                 await self._pump(event.agent_id)
             log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
             return
         except BackendRejectedError as exc:
-            await self._call(self.journal.mark_dead, row.id, str(exc))
+            await self._mark_dead(row, str(exc))
             log.error("slot %s: backend cannot take %s: %s", row.slot_id, row.status.value, exc)
             return
         except (BackendRefusedError, BackendUnavailableError, TimeoutError) as exc:
@@ -745,14 +799,20 @@ class Scheduler:
                 exc = self._no_answer()
             wait = hint if hint is not None else self.settings.outbox_backoff_initial_s
             next_try = self._clock() + timedelta(seconds=wait)
-            await self._call(self.journal.mark_retry, row.id, next_try, str(exc))
+            error = str(exc)
+            await self._write(
+                lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error)
+            )
             raise _RetryLater(exc, hint) from None
         except BackendError as exc:
-            await self._call(self.journal.mark_dead, row.id, str(exc))
+            await self._mark_dead(row, str(exc))
             return
         self._failpoint("after_outbox_send")
         self._key_refused = False
-        await self._call(self.journal.mark_delivered, row.id)
+        await self._write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
+
+    async def _mark_dead(self, row: OutboxRow, error: str) -> None:
+        await self._write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
 
 
 def _opt_time(value: datetime | None) -> str | None:

@@ -1,10 +1,13 @@
-"""Scheduler behaviour against in-memory fakes, one seed defect at a time (DESIGN.md table)."""
+"""Scheduler behaviour against in-memory fakes, one seed defect at a time (DESIGN.md table).
+
+Every test runs on SQLite and on PostgreSQL (``db_url``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -37,11 +40,10 @@ Factory = Callable[..., Scheduler]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    """A journal database file, migrated."""
-    url = f"sqlite:///{tmp_path / 'j.db'}"
-    Journal.open(url, "host-a", upgrade=True).close()
-    return url
+def db(db_url: str) -> str:
+    """A migrated journal database: a SQLite file, or a private PostgreSQL schema."""
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    return db_url
 
 
 @pytest.fixture
@@ -499,3 +501,27 @@ async def test_identifier_must_match_the_journal(db: str, backend: InMemoryBacke
             Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
     finally:
         journal.close()
+
+
+async def test_concurrent_tool_calls_commit_together_and_fail_alone(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Forty agents pausing at once share commits; a resume that does not fit fails alone."""
+    agents = [f"agent-{i}" for i in range(40)]
+    backend.to_fire = [slot(f"s{i}", agent) for i, agent in enumerate(agents)]
+    sched = make()
+    await sched.start()
+    await sched.heartbeat_once()
+    await sched.idle()
+    before = sched._writer.groups
+    calls = [sched.pause(agent, "lunch") for agent in agents[1:]]
+    calls.append(sched.resume(agents[0]))  # in progress, not paused: refused
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[-1], InvalidTransitionError)
+    assert all(r.state is SlotState.paused for r in results[:-1])  # type: ignore[union-attr]
+    assert sched._writer.groups - before < len(calls)  # some calls shared a commit
+    assert {v.slot_id: v.state for v in sched.active()} == {
+        "s0": SlotState.in_progress,
+        **{f"s{i}": SlotState.paused for i in range(1, 40)},
+    }
+    assert sched.journal.verify() == []

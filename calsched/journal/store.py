@@ -62,7 +62,6 @@ REFUSALS: tuple[type[Exception], ...] = (
     InvalidTransitionError,
     AgentBusyError,
     SlotNotFoundError,
-    ValueError,
 )
 
 
