@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
-
-import stamina
 
 from calsched.errors import (
     AgentBusyError,
@@ -79,23 +79,6 @@ def _no_failpoint(name: str) -> None:
     """The default hook: seams cost one call and do nothing."""
 
 
-class _RetryLater(Exception):
-    """A retryable outbox failure, carrying the wait the backend asked for (if any)."""
-
-    def __init__(self, cause: BackendError, hint: float | None) -> None:
-        self.cause = cause
-        self.hint = hint
-        super().__init__(str(cause))
-
-
-def _retry_hook(exc: Exception) -> bool | float:
-    # stamina asks this after each failed try: retry passing faults and a refused key,
-    # honouring Retry-After as the wait for that try.
-    if isinstance(exc, _RetryLater):
-        return exc.hint if exc.hint is not None else True
-    return False
-
-
 class Scheduler:
     """Heartbeats the backend, wakes agents for slots, and serves the agents' tools.
 
@@ -141,6 +124,7 @@ class Scheduler:
         self._pass_lock = asyncio.Lock()
         #: Slot -> the last row whose delivery finished during the current outbox read.
         self._finished: dict[str, int] = {}
+        self._counts_at = float("-inf")
         self._stopped = asyncio.Event()
         self._outbox_counts = OutboxCounts(pending=0, dead=0)
         self._last_heartbeat: datetime | None = None
@@ -163,7 +147,13 @@ class Scheduler:
         """Run a journal write through the group writer; return once it committed."""
         # A cancelled caller must not turn a commit into an unknown outcome: the writer
         # finishes either way, and shield lets the result land.
-        return await asyncio.shield(asyncio.wrap_future(self._writer.submit(work)))
+        return await asyncio.shield(self._submit(work))
+
+    def _submit(self, work: Work[T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._writer.submit_waiter(work, waiter, loop.call_soon_threadsafe)
+        return waiter
 
     async def _commit(self, requests: Sequence[TransitionRequest]) -> Applied:
         """Commit transitions in one transaction; the live view takes their projection."""
@@ -175,7 +165,7 @@ class Scheduler:
         The view is updated in a done-callback, so it equals the journal even when the
         task that asked for the commit is cancelled while the commit is in flight.
         """
-        future = asyncio.wrap_future(self._writer.submit(work))
+        future = self._submit(work)
         future.add_done_callback(self._absorb_result)
         applied = await asyncio.shield(future)
         self._failpoint("after_commit")
@@ -291,6 +281,7 @@ class Scheduler:
             if started:
                 continue  # they finished already: their slots' next rows may be due
             if not self._wakes:
+                await self._refresh_outbox_counts()
                 return
 
     # -- recovery ------------------------------------------------------------------------
@@ -697,7 +688,12 @@ class Scheduler:
                 self._deliveries[row.slot_id] = task
                 task.add_done_callback(partial(self._delivery_done, row.slot_id, row.id))
                 started += 1
-        await self._refresh_outbox_counts()
+        now = asyncio.get_running_loop().time()
+        if now - self._counts_at >= self.settings.outbox_poll_s:
+            # Counts are for status and metrics: once a poll interval is fresh enough,
+            # and a busy outbox does not pay two count queries per pass.
+            self._counts_at = now
+            await self._refresh_outbox_counts()
         return started
 
     def _delivery_done(self, slot_id: str, row_id: int, task: asyncio.Task[bool]) -> None:
@@ -722,9 +718,12 @@ class Scheduler:
                     started = await self._outbox_pass()
 
     async def _deliver(self, row: OutboxRow) -> bool:
-        """Deliver one row, retrying passing faults with stamina (backoff and jitter).
+        """One try at one row. Returns whether the row was marked (delivered, dead, or
+        rescheduled); a row that could not even be marked waits for the next poll.
 
-        Returns whether the row was marked (delivered, dead, or rescheduled).
+        The row is its own retry schedule: a failed try sets ``next_try_at`` from the
+        row's ``tries`` (:meth:`_retry_wait`), so the backoff survives a restart and no
+        second schedule runs in memory. Any failure, expected or not, is a failed try.
         """
         update = SlotUpdate(
             identifier=row.identifier,
@@ -734,47 +733,43 @@ class Scheduler:
             reason=row.reason,
             occurred_at=row.occurred_at,
         )
-        s = self.settings
         try:
-            async for attempt in stamina.retry_context(
-                on=_retry_hook,
-                attempts=None,
-                timeout=s.outbox_backoff_max_s * 4,
-                wait_initial=s.outbox_backoff_initial_s,
-                wait_max=s.outbox_backoff_max_s,
-                wait_jitter=s.outbox_backoff_initial_s,
-            ):
-                with attempt:
-                    await self._send(row, update)
-        except _RetryLater:
-            pass  # the row keeps its next_try_at; the worker picks it up again later
+            await self._send(row, update)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Any failure is a failed try: the row waits its backoff, never a hot loop.
-            wait = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2 ** min(row.tries, 32))
+            wait = self._retry_wait(row.tries, None)
             log.error(
-                "delivering outbox row %s failed unexpectedly (%s); next try in %gs",
+                "delivering outbox row %s failed unexpectedly (%s); next try in %.1fs",
                 row.id,
                 type(exc).__name__,
                 wait,
             )
-            next_try = self._clock() + timedelta(seconds=wait)
-            error = f"unexpected {type(exc).__name__}"
             try:
-                await self._write(
-                    lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error)
-                )
+                await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
             except Exception:  # the journal itself may be what failed
                 return False
         return True
+
+    def _retry_wait(self, tries: int, hint: float | None) -> float:
+        """Seconds until the next try: the backend's ``Retry-After`` if it gave a usable
+        one, else exponential from the row's tries with equal jitter; capped either way."""
+        s = self.settings
+        if hint is not None and math.isfinite(hint) and hint >= 0:
+            return min(hint, s.outbox_backoff_max_s)
+        base = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2.0 ** min(tries, 64))
+        return base / 2 + random.uniform(0, base / 2)
+
+    async def _reschedule(self, row: OutboxRow, wait: float, error: str) -> None:
+        next_try = self._clock() + timedelta(seconds=wait)
+        await self._write(lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error))
 
     def _no_answer(self) -> BackendUnavailableError:
         """A backend call cut off by ``backend_deadline_s``, as a passing fault."""
         return BackendUnavailableError(f"no answer within {self.settings.backend_deadline_s:g}s")
 
     async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
-        """One try. Raises :class:`_RetryLater` for faults worth retrying."""
+        """One try, and the row marked with its outcome."""
         try:
             async with asyncio.timeout(self.settings.backend_deadline_s):
                 await self.backend.send_status(row.slot_id, update, row.idempotency_key)
@@ -797,13 +792,8 @@ class Scheduler:
             self._key_refused = isinstance(exc, BackendRefusedError)
             if isinstance(exc, TimeoutError):
                 exc = self._no_answer()
-            wait = hint if hint is not None else self.settings.outbox_backoff_initial_s
-            next_try = self._clock() + timedelta(seconds=wait)
-            error = str(exc)
-            await self._write(
-                lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error)
-            )
-            raise _RetryLater(exc, hint) from None
+            await self._reschedule(row, self._retry_wait(row.tries, hint), str(exc))
+            return
         except BackendError as exc:
             await self._mark_dead(row, str(exc))
             return

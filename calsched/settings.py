@@ -36,7 +36,7 @@ class SchedulerSettings(BaseModel):
     backend_deadline_s: float = Field(default=15.0, gt=0)
     #: ``None``: no limit; a slot later than this after ``scheduled_at`` is not woken.
     misfire_grace_s: float | None = Field(default=None, ge=0)
-    #: Outbox retry: first delay, cap, and the jitter fraction applied to each delay.
+    #: Outbox retry: the first delay (doubled with each try, with jitter) and its cap.
     outbox_backoff_initial_s: float = Field(default=0.5, gt=0)
     outbox_backoff_max_s: float = Field(default=60.0, gt=0)
     outbox_poll_s: float = Field(default=1.0, gt=0)

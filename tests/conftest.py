@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -57,13 +56,6 @@ ACTORS: dict[Trigger, Actor] = {
 
 
 # -- retries -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_backoff() -> Iterator[None]:
-    """stamina's testing mode: one try per delivery, no waiting; the outbox re-tries later."""
-    with stamina.set_testing(True, attempts=1):
-        yield None
 
 
 # -- databases ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ submitted meanwhile is known to be waiting when it comes round.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -204,3 +205,34 @@ def test_max_group_bounds_a_transaction(journal: Journal, row_count: Count) -> N
     finally:
         w.close()
     assert row_count(journal, "events") == 10
+
+
+async def test_waiters_of_one_group_are_settled_in_one_post(
+    journal: Journal, writer: GroupWriter
+) -> None:
+    """An event loop hears a whole group's outcomes in one wake-up, in commit order."""
+    loop = asyncio.get_running_loop()
+    posts: list[int] = []
+
+    def post(callback: Callable[[Any], None], batch: Any) -> object:
+        posts.append(len(batch))
+        return loop.call_soon_threadsafe(callback, batch)
+
+    gate = Gate()
+    first = writer.submit(gate)
+    assert await asyncio.to_thread(gate.entered.wait, 10)
+    waiters: list[asyncio.Future[Applied]] = []
+    for i in range(6):
+        waiter: asyncio.Future[Applied] = loop.create_future()
+        writer.submit_waiter(receive(journal, f"s{i}", f"a{i}"), waiter, post)
+        waiters.append(waiter)
+    bad: asyncio.Future[Applied] = loop.create_future()
+    refused = TransitionRequest("nope", T.complete, Actor.agent)
+    writer.submit_waiter(lambda conn: journal.apply_in(conn, [refused]), bad, post)
+    gate.open()
+    await asyncio.wrap_future(first)
+    results = await asyncio.gather(*waiters)
+    assert [r.events[0].slot_id for r in results] == [f"s{i}" for i in range(6)]
+    with pytest.raises(Exception, match="nope"):
+        await bad
+    assert posts == [7]

@@ -16,7 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Dialect, bindparam, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Dialect,
+    bindparam,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
@@ -132,6 +141,18 @@ class Statements:
             .values({n: bindparam(n) for n in _SLOT_COLUMNS if n not in ("identifier", "slot_id")}),
             dialect,
         )
+        # One more try recorded with every outcome: tries counts the backend's answers.
+        marked = update(outbox).where(outbox.c.id == bindparam("row_id"))
+        tried = outbox.c.tries + literal_column("1")
+        self.mark = {
+            kind: _compile(
+                marked.values(
+                    {"tries": tried, kind: bindparam(kind), "last_error": bindparam("last_error")}
+                ),
+                dialect,
+            )
+            for kind in ("delivered_at", "next_try_at", "dead_at")
+        }
         self.update_slot_state = _compile(
             update(slots).where(*where).values({n: bindparam(n) for n in MUTABLE_SLOT_COLUMNS}),
             dialect,

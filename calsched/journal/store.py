@@ -540,9 +540,11 @@ class Journal:
         self._mark(conn, row_id, dead_at=self._clock(), last_error=error[:2000])
 
     def _mark(self, conn: Connection, row_id: int, **values: Any) -> None:
-        # One more try recorded with every outcome: tries counts the backend's answers.
-        conn.execute(
-            update(outbox).where(outbox.c.id == row_id).values(tries=outbox.c.tries + 1, **values)
+        ((kind, when),) = ((k, v) for k, v in values.items() if k != "last_error")
+        statements.execute(
+            conn,
+            self._sql.mark[kind],
+            {"row_id": row_id, kind: when, "last_error": values.get("last_error")},
         )
 
     def settle_conflict(

@@ -18,29 +18,70 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from calsched.journal.engine import writing
 from calsched.journal.store import REFUSALS
 
-__all__ = ["GroupWriter", "Work"]
+__all__ = ["GroupWriter", "Post", "Waiter", "Work"]
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 log = logging.getLogger("calsched.journal")
 
 #: What a caller hands the writer: a function of the open write transaction.
 Work = Callable[[Connection], T]
 
 
+class Waiter(Protocol[T_contra]):
+    """What :meth:`GroupWriter.submit_waiter` settles: an ``asyncio.Future``, typically."""
+
+    def cancelled(self) -> bool:
+        """Whether the waiter gave up (its outcome is then dropped)."""
+        ...
+
+    def set_result(self, result: T_contra, /) -> None:
+        """The work committed and returned ``result``."""
+        ...
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        """The work failed (or its transaction did)."""
+        ...
+
+
+#: Runs a callback with one argument on the waiter's side: ``loop.call_soon_threadsafe``.
+Post = Callable[[Callable[[Any], None], Any], object]
+
+
 @dataclass(slots=True)
 class _Item(Generic[T]):
     work: Work[T]
-    future: Future[T]
+    future: Future[T] | None = None
+    #: For :meth:`GroupWriter.submit_waiter`: the caller's waiter and how to reach it.
+    waiter: Waiter[T] | None = None
+    post: Post | None = None
+
+    def runnable(self) -> bool:
+        # A waiter is never skipped: its caller shields it, and a commit must land in
+        # the caller's done-callbacks even if the caller stopped waiting.
+        return self.future is None or self.future.set_running_or_notify_cancel()
+
+
+def _settle_all(outcomes: list[tuple[Waiter[Any], bool, Any]]) -> None:
+    """On the waiters' side (their event loop): each its outcome, in commit order."""
+    for waiter, ok, value in outcomes:
+        if waiter.cancelled():
+            continue
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
 
 
 _STOP = object()
@@ -73,8 +114,21 @@ class GroupWriter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the journal writer is closed")
-            self._queue.put(_Item(work, future))
+            self._queue.put(_Item(work, future=future))
         return future
+
+    def submit_waiter(self, work: Work[T], waiter: Waiter[T], post: Post) -> None:
+        """Like :meth:`submit`, settling ``waiter`` through ``post`` (for an event loop:
+        its future and ``loop.call_soon_threadsafe``).
+
+        The outcomes of one group reach one ``post`` in one call, not one per caller:
+        each wake-up of a loop from a thread costs a system call and a hand-over of the
+        GIL, which under load cost more than the writes themselves.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the journal writer is closed")
+            self._queue.put(_Item(work, waiter=waiter, post=post))
 
     def close(self, *, wait: bool = True) -> None:
         """Finish the work already queued, then stop the thread."""
@@ -104,13 +158,13 @@ class GroupWriter:
                     stopping = True
                     break
                 group.append(more)  # type: ignore[arg-type]
-            live = [item for item in group if item.future.set_running_or_notify_cancel()]
+            live = [item for item in group if item.runnable()]
             if live:
                 self._commit(live)
 
     def _commit(self, group: list[_Item[Any]]) -> None:
         if len(group) == 1:
-            self._alone(group[0])
+            self._settle([self._alone(group[0])])
             return
         outcomes: list[tuple[_Item[Any], bool, Any]] = []
         began = False
@@ -124,31 +178,40 @@ class GroupWriter:
                         outcomes.append((item, False, exc))
         except Exception as exc:
             if not began:  # no transaction at all (locked, unreachable): nobody's work ran
-                for item in group:
-                    item.future.set_exception(exc)
+                self._settle([(item, False, exc) for item in group])
                 return
             # The group is rolled back: each on its own again, to get its own outcome.
             log.info("group of %d writes rolled back (%s); retrying one by one", len(group), exc)
-            for item in group:
-                self._alone(item)
+            self._settle([self._alone(item) for item in group])
             return
         self.groups += 1
         self.items += len(group)
-        for item, ok, value in outcomes:
-            if ok:
-                item.future.set_result(value)
-            else:
-                item.future.set_exception(value)
+        self._settle(outcomes)
 
-    def _alone(self, item: _Item[Any]) -> None:
+    def _alone(self, item: _Item[Any]) -> tuple[_Item[Any], bool, Any]:
         try:
             with writing(self._engine, "journal") as conn:
                 result = item.work(conn)
         except BaseException as exc:  # the caller's own outcome, whatever it is
-            item.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            return (item, False, exc)
         self.groups += 1
         self.items += 1
-        item.future.set_result(result)
+        return (item, True, result)
+
+    @staticmethod
+    def _settle(outcomes: list[tuple[_Item[Any], bool, Any]]) -> None:
+        by_post: defaultdict[Post, list[Any]] = defaultdict(list)
+        for item, ok, value in outcomes:
+            if item.future is not None:
+                if ok:
+                    item.future.set_result(value)
+                else:
+                    item.future.set_exception(value)
+            else:
+                assert item.post is not None
+                by_post[item.post].append((item.waiter, ok, value))
+        for post, batch in by_post.items():
+            try:
+                post(_settle_all, batch)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                log.warning("journal writes committed after their event loop closed")

@@ -16,8 +16,6 @@ from calsched.scheduler import Scheduler
 from calsched.settings import SchedulerSettings
 from calsched.testing import FaultPlan, InMemoryHost
 
-pytestmark = pytest.mark.usefixtures("no_backoff")
-
 Boot = Callable[..., Scheduler]
 
 

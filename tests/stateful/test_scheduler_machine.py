@@ -18,7 +18,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import stamina
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -231,13 +230,4 @@ SchedulerMachine.TestCase.settings = settings(
 
 
 class TestSchedulerMachine(SchedulerMachine.TestCase):  # type: ignore[name-defined,misc]
-    """Run the machine with stamina's backoff disabled."""
-
-    def setUp(self) -> None:
-        """Retries are immediate while the machine runs."""
-        self._stamina = stamina.set_testing(True, attempts=1)
-        self._stamina.__enter__()
-
-    def tearDown(self) -> None:
-        """Restore stamina."""
-        self._stamina.__exit__(None, None, None)
+    """Run the machine as hypothesis's unittest case."""
