@@ -16,6 +16,7 @@ the same fakes behind both and compare the schedulers alone.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -130,10 +131,8 @@ class SeedShapedScheduler:
             occurred_at=utcnow(),
         )
         # Fire once: a failed update is lost (the seed's flaw, kept on purpose).
-        try:
+        with contextlib.suppress(BackendError):
             await self.backend.send_status(slot_id, update, str(uuid.uuid4()))
-        except BackendError:
-            pass
 
     def _of(self, agent_id: str) -> ActiveSlot:
         act = self.active_by_agent_id.get(agent_id)
