@@ -134,7 +134,7 @@ def run(cfg: BenchConfig) -> list[Row]:
         measure(urls[histories[0]])
         samples = interleaved(
             cfg.repeats,
-            {str(h): (lambda url=url: measure(url) * 1000) for h, url in urls.items()},
+            {str(h): (lambda url=url, m=measure: m(url) * 1000) for h, url in urls.items()},
         )
         for h in histories:
             value = median(samples[str(h)])
