@@ -102,12 +102,14 @@ def render_markdown(g: Growth, png_name: str, command: str) -> str:
         "`in_progress`), on a SQLite journal with `synchronous=FULL`, an in-memory backend",
         f"and host. One run per size, cut off after {g.cap_s:g} s. The seed-shaped",
         "scheduler (`benchmarks/seed_shaped.py`, memory only, no journal) is beside it.",
+        "A run that did not finish may have woken every agent and still been telling the",
+        "backend (the outbox) when the cap came.",
         "",
         "| N slots | calsched | per slot | seed-shaped |",
         "| ---: | --- | ---: | ---: |",
     ]
     for n, result in sorted(g.burst.items()):
-        per = f"{result.seconds * 1000 / result.woken:,.2f} ms" if result.woken else "-"
+        per = f"{result.seconds * 1000 / result.total:,.2f} ms" if result.finished else "-"
         seed = g.burst_seed[n]
         lines.append(
             f"| {n:,} | {_burst_cell(result, g.cap_s)} | {per} | {seed.seconds * 1000:,.1f} ms |"
