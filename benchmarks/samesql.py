@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from calsched.journal import Journal, TransitionRequest
+from calsched.journal.engine import make_engine
 from calsched.model import Event
 
-__all__ = ["Captured", "Replay", "capture"]
+__all__ = ["Captured", "Replay", "capture", "raw_connection", "sqlite_pragmas"]
 
 #: Names of the values swapped per transition.
 SLOT, AGENT, EVENT_ID, SEQ = "slot", "agent", "event_id", "seq"
@@ -151,3 +152,27 @@ def _fill(statement: _Statement, values: Mapping[str, Any]) -> Any:
     for where, token in statement.swaps:
         params[where] = values[token]
     return params
+
+
+def sqlite_pragmas(connection: Any) -> dict[str, str]:
+    """The durability-relevant pragmas a DB-API SQLite connection runs with."""
+    cur = connection.cursor()
+    try:
+        out = {}
+        for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout"):
+            cur.execute(f"PRAGMA {name}")
+            out[name] = str(cur.fetchone()[0]).lower()
+        return out
+    finally:
+        cur.close()
+
+
+def raw_connection(url: str) -> Any:
+    """The driver's own connection, set up by calsched's engine code (pragmas, no BEGIN)."""
+    engine = make_engine(url, synchronous="FULL")
+    # Detach the DB-API connection from the pool: the replay owns it from here on.
+    pooled = engine.raw_connection()
+    driver = pooled.driver_connection
+    pooled.detach()
+    engine.dispose()
+    return driver

@@ -32,9 +32,8 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.fabricate import fabricate
-from benchmarks.samesql import Captured, Replay, capture
+from benchmarks.samesql import Captured, Replay, capture, raw_connection, sqlite_pragmas
 from calsched.journal import Journal, TransitionRequest
-from calsched.journal.engine import make_engine
 from calsched.model import Actor, Trigger
 
 __all__ = ["BENCH", "IDENTIFIER", "SLOTS", "run"]
@@ -99,30 +98,6 @@ def replay_contender(replay: Replay, slots: list[tuple[str, str]], n: int) -> Ca
             replay.run(*flip.next())
 
     return lambda: n / timed(go)
-
-
-def sqlite_pragmas(connection: Any) -> dict[str, str]:
-    """The durability-relevant pragmas a DB-API SQLite connection runs with."""
-    cur = connection.cursor()
-    try:
-        out = {}
-        for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout"):
-            cur.execute(f"PRAGMA {name}")
-            out[name] = str(cur.fetchone()[0]).lower()
-        return out
-    finally:
-        cur.close()
-
-
-def raw_connection(url: str) -> Any:
-    """The driver's own connection, set up by calsched's engine code (pragmas, no BEGIN)."""
-    engine = make_engine(url, synchronous="FULL")
-    # Detach the DB-API connection from the pool: the replay owns it from here on.
-    pooled = engine.raw_connection()
-    driver = pooled.driver_connection
-    pooled.detach()
-    engine.dispose()
-    return driver
 
 
 def _row(case: str, n: int, ours: list[float], compare: str, theirs: list[float], **kw: Any) -> Row:
