@@ -20,12 +20,22 @@ __all__ = ["SlotAggregate", "SlotApp", "open_app", "pragmas"]
 
 
 class SlotAggregate(Aggregate):
-    """A slot with the lifecycle's in-progress/paused moves, as eventsourcing models it."""
+    """A slot with the lifecycle's moves, as eventsourcing models them (no checks)."""
 
     @event("Received")
     def __init__(self, slot_id: str, agent_id: str) -> None:
         self.slot_id = slot_id
         self.agent_id = agent_id
+        self.state = "pending"
+
+    @event("Dispatched")
+    def dispatch(self) -> None:
+        """pending -> dispatching."""
+        self.state = "dispatching"
+
+    @event("Woke")
+    def woke(self) -> None:
+        """dispatching -> in_progress."""
         self.state = "in_progress"
 
     @event("Paused")

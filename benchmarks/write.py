@@ -136,6 +136,9 @@ def _sqlite(cfg: BenchConfig, n: int) -> list[Row]:
         app = open_app(Path(work / "es.db"))
         stack.callback(app.close)
         aggregates = [SlotAggregate(s, a) for s, a in slots]
+        for aggregate in aggregates:  # in progress, like the journal's slots
+            aggregate.dispatch()
+            aggregate.woke()
         app.save(*aggregates)
 
         with journal.engine.connect() as conn:
