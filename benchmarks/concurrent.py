@@ -20,6 +20,7 @@ the journal) per second; latency is each tool call's, p50 and p99.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -247,7 +248,7 @@ def _replay_round(url: str, shape: Shape) -> tuple[float, list[float]]:
 def _contender(
     samples: _Samples, go: Callable[[int], tuple[float, list[float]]]
 ) -> Callable[[], float]:
-    rounds = iter(range(1_000_000))
+    rounds = itertools.count()
 
     def one() -> float:
         rate, latencies = go(next(rounds))
