@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -289,16 +290,25 @@ def _fill(
             cur.execute("PRAGMA cache_size=-262144")
         seq, done = base + 1, 0
         chunk = _Chunk([], [], [])
-        for slot_id, agent_id, finished_slot in _plan(active, finished, agents, prefix):
-            seq = writer.slot(chunk, seq, slot_id, agent_id, done=finished_slot)
-            if len(chunk.events) >= chunk_events:
+        # Build the next chunk while the driver inserts the last one: the driver lets go
+        # of the GIL while SQLite works, so the two overlap on a second core.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fabricate") as pool:
+            pending: Future[int] | None = None
+            for slot_id, agent_id, finished_slot in _plan(active, finished, agents, prefix):
+                seq = writer.slot(chunk, seq, slot_id, agent_id, done=finished_slot)
+                if len(chunk.events) >= chunk_events:
+                    if pending is not None:
+                        done += pending.result()
+                        if progress is not None:
+                            progress(done, total)
+                    pending = pool.submit(_flush, raw, cur, writer, chunk, sqlite=sqlite)
+                    chunk = _Chunk([], [], [])
+            if pending is not None:
+                done += pending.result()
+            if chunk.events:
                 done += _flush(raw, cur, writer, chunk, sqlite=sqlite)
-                if progress is not None:
-                    progress(done, total)
-        if chunk.events:
-            done += _flush(raw, cur, writer, chunk, sqlite=sqlite)
-            if progress is not None:
-                progress(done, total)
+        if progress is not None and total:
+            progress(done, total)
         if not sqlite and total:
             # Explicit values do not move PostgreSQL's sequence; the journal's next
             # insert must not collide with a fabricated seq.
@@ -330,11 +340,7 @@ def _flush(raw: Any, cur: Any, writer: _Writer, chunk: _Chunk, *, sqlite: bool) 
         else:
             raw.rollback()
         raise
-    written = len(chunk.events)
-    chunk.events.clear()
-    chunk.outbox.clear()
-    chunk.slots.clear()
-    return written
+    return len(chunk.events)
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual timing aid
