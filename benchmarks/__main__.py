@@ -29,7 +29,11 @@ from benchmarks.common import BenchConfig, Row, format_table, write_json
 SUITES: dict[str, str] = {
     "a": "benchmarks.write",
     "b": "benchmarks.concurrent",
+    "c": "benchmarks.burst",
+    "d": "benchmarks.restart",
     "e": "benchmarks.verify",
+    "f": "benchmarks.memory",
+    "g": "benchmarks.control_api",
 }
 
 RESULTS = Path(__file__).resolve().parent / "results"
