@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: all venv lint typecheck test pytest demo clean
+.PHONY: all venv lint typecheck test pytest demo bench clean
 
 all: test
 
@@ -14,11 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The benchmarks' own extra (eventsourcing, matplotlib, pyinstrument), on top of dev.
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check calsched tests migrations
-	$(BIN)/ruff format --check calsched tests migrations
+	$(BIN)/ruff check calsched tests migrations benchmarks
+	$(BIN)/ruff format --check calsched tests migrations benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -32,6 +38,11 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(BIN)/calsched demo
+
+# Quick mode by default (seconds; CI runs it and asserts nothing about time);
+# `make bench ARGS=--full` for the sizes issue 7 names, ARGS="--only a,e" for some suites.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

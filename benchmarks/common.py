@@ -16,7 +16,9 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ __all__ = [
     "interleaved",
     "median",
     "percentile",
+    "pg_schema",
     "progress",
     "ratio",
     "timed",
@@ -182,3 +185,29 @@ def write_json(rows: Sequence[Row], path: Path, *, mode: str) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+@contextmanager
+def pg_schema(admin_url: str, prefix: str = "bench") -> Iterator[str]:
+    """A PostgreSQL URL whose connections use a fresh schema, dropped (CASCADE) after.
+
+    The same recipe as the tests' ``pg_url`` fixture: others share the database, so only
+    ever create and drop our own schema.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    schema = f"{prefix}_{uuid.uuid4().hex}"
+    admin = create_engine(admin_url, poolclass=NullPool)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(admin_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            # A connection left open inside a transaction would block the DROP forever.
+            conn.execute(text("SET LOCAL lock_timeout = '15s'"))
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
