@@ -26,11 +26,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import ClauseElement
 
+from calsched.journal.engine import driver_execute
 from calsched.journal.schema import events, outbox, slots
 
 __all__ = [
@@ -160,48 +160,7 @@ class Statements:
 
 
 def _run(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> Any:
-    """Execute on the driver's cursor, firing SQLAlchemy's cursor events for listeners.
-
-    The events keep what hooks into the engine working on this path too: echo, tracing,
-    and tests that make the k-th statement fail. Listeners see ``context=None``.
-    """
-    params = stmt.params(values)
-    cursor = conn.connection.cursor()
-    dispatch = conn.dispatch
-    try:
-        if dispatch.before_cursor_execute:
-            for fn in dispatch.before_cursor_execute:
-                fn(conn, cursor, stmt.sql, params, None, False)
-        cursor.execute(stmt.sql, params)
-        if dispatch.after_cursor_execute:
-            for fn in dispatch.after_cursor_execute:
-                fn(conn, cursor, stmt.sql, params, None, False)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        cursor.close()
-        raise _wrapped(conn, stmt, params, exc) from exc
-    except BaseException:
-        cursor.close()
-        raise
-    return cursor
-
-
-def _wrapped(conn: Connection, stmt: Compiled, params: Any, exc: Any) -> StatementError:
-    """The driver's error as SQLAlchemy's (IntegrityError, OperationalError, ...), values
-    hidden, so callers handle one hierarchy; a lost connection is not reused."""
-    dialect = conn.dialect
-    lost = dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
-    if lost:
-        conn.invalidate(exc)
-    error: StatementError = DBAPIError.instance(
-        stmt.sql,
-        params,  # never shown: hide_parameters
-        exc,
-        dialect.loaded_dbapi.Error,
-        hide_parameters=True,
-        connection_invalidated=lost,
-        dialect=dialect,
-    )
-    return error
+    return driver_execute(conn, stmt.sql, stmt.params(values))
 
 
 def execute(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> None:
