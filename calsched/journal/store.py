@@ -25,6 +25,7 @@ from sqlalchemy import (
     Engine,
     RowMapping,
     Text,
+    case,
     delete,
     func,
     insert,
@@ -645,26 +646,25 @@ _TRIGGER = {t.value: t for t in Trigger}
 _ACTOR = {a.value: a for a in Actor}
 
 # verify's plain reads: times and JSON as the driver returns them, with no type processing.
+# Only a receive's agent id and payload are folded: other rows leave them NULL, unread.
+_RECEIVED = events.c.kind == Trigger.receive.value
 _PLAIN_EVENT_COLUMNS = (
     events.c.seq,
     events.c.slot_id,
     events.c.attempt,
-    events.c.agent_id,
+    case((_RECEIVED, events.c.agent_id)),
     events.c.kind,
     events.c.state_to,
     events.c.summary,
     events.c.reason,
-    type_coerce(events.c.payload, Text),
+    case((_RECEIVED, type_coerce(events.c.payload, Text))),
     type_coerce(events.c.recorded_at, Text),
 )
-_PLAIN_SLOT_COLUMNS = (
-    slots.c.slot_id,
-    *(
-        type_coerce(slots.c[name], Text)
-        if name in {"slot", "received_at", "started_at", "updated_at", "resolved_at"}
-        else slots.c[name]
-        for name in PLAIN_FIELDS
-    ),
+_PLAIN_SLOT_COLUMNS = tuple(
+    type_coerce(slots.c[name], Text)
+    if name in {"slot", "received_at", "started_at", "updated_at", "resolved_at"}
+    else slots.c[name]
+    for name in PLAIN_FIELDS
 )
 
 
