@@ -1,24 +1,32 @@
 """Value types shared by every layer, and validation of wire input.
 
-Wire types are pydantic models: parsing untrusted JSON goes through :func:`parse`, which
-turns a pydantic ``ValidationError`` into :class:`~calsched.errors.InvalidInputError`
-naming the first bad field. Journal types (:class:`Event`, :class:`SlotView`) are frozen
-dataclasses: they are built by our own code on the hot path and need no validation.
+Parsing untrusted JSON goes through :func:`parse`, which turns a pydantic
+``ValidationError`` into :class:`~calsched.errors.InvalidInputError` naming the first bad
+field. Most wire types are pydantic models. :class:`Slot` and :class:`WakeOptions` are
+plain frozen dataclasses instead, because the journal and the scheduler's live view hold
+one per slot: pydantic validates them at the wire edge (:func:`parse`, with the field
+rules in their annotations), and the journal reads its own rows back with the trusted
+``from_stored``. Journal types (:class:`Event`, :class:`SlotView`) are frozen dataclasses
+built by our own code on the hot path.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_serializer,
     field_validator,
@@ -29,6 +37,7 @@ from calsched.errors import InvalidInputError
 __all__ = [
     "ACTIVE_STATES",
     "CURRENT_STATES",
+    "DEFAULT_WAKE_OPTIONS",
     "REPORTED_STATES",
     "TERMINAL_STATES",
     "ActiveSlotReport",
@@ -145,34 +154,98 @@ class _TimeFields(WireModel):
         return format_time(value) if isinstance(value, datetime) else value
 
 
-class WakeOptions(WireModel):
-    """Per-slot wake options sent by the backend."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WakeOptions:
+    """Per-slot wake options sent by the backend.
+
+    A plain frozen dataclass, like :class:`Slot`: validated once at the wire edge by
+    :func:`parse`, never again on the journal's hot path.
+    """
+
+    # Read by pydantic when it validates this type at the wire edge (see ``parse``).
+    __pydantic_config__ = ConfigDict(extra="ignore")
 
     override_message: str | None = None
 
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any] | None) -> WakeOptions:
+        """Trusted: options as :meth:`to_wire` wrote them (no validation)."""
+        message = data.get("override_message") if data else None
+        return DEFAULT_WAKE_OPTIONS if message is None else cls(override_message=message)
 
-class Slot(_TimeFields):
-    """A unit of work the backend asks calsched to give an agent."""
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict."""
+        return {"override_message": self.override_message}
+
+
+#: The options of nearly every slot: one shared instance instead of one per slot.
+DEFAULT_WAKE_OPTIONS = WakeOptions()
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Naive times are taken as UTC: the protocol only speaks UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _null_options(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _shared_options(value: WakeOptions) -> WakeOptions:
+    return DEFAULT_WAKE_OPTIONS if value.override_message is None else value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Slot:
+    """A unit of work the backend asks calsched to give an agent.
+
+    A plain frozen dataclass: the journal holds one per live slot, so it carries no
+    per-instance validation state. Untrusted input goes through ``parse(Slot, data)``
+    (pydantic, with the field rules below); rows the journal wrote itself come back
+    through :meth:`from_stored`.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="ignore")
 
     id: Identifier
     agent_id: Identifier
     title: str | None = None
     prompt_text: str | None = None
-    scheduled_at: datetime | None = None
-    wake_options: WakeOptions = Field(default_factory=WakeOptions)
+    scheduled_at: Annotated[datetime | None, AfterValidator(_aware)] = None
+    wake_options: Annotated[
+        WakeOptions, BeforeValidator(_null_options), AfterValidator(_shared_options)
+    ] = DEFAULT_WAKE_OPTIONS
 
-    @field_validator("scheduled_at")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        # Naive times are taken as UTC: the protocol only speaks UTC.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    def from_stored(cls, data: Mapping[str, Any]) -> Slot:
+        """Trusted: a slot as :meth:`to_wire` wrote it into the journal (no validation).
 
-    @field_validator("wake_options", mode="before")
-    @classmethod
-    def _null_options(cls, value: Any) -> Any:
-        return {} if value is None else value
+        The agent id is interned: an agent's slots then share one string.
+        """
+        at = data.get("scheduled_at")
+        return cls(
+            id=data["id"],
+            agent_id=sys.intern(data["agent_id"]),
+            title=data.get("title"),
+            prompt_text=data.get("prompt_text"),
+            # to_wire wrote RFC 3339 with "Z", which fromisoformat reads back as UTC.
+            scheduled_at=datetime.fromisoformat(at) if at is not None else None,
+            wake_options=WakeOptions.from_stored(data.get("wake_options")),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict, times in RFC 3339 UTC."""
+        at = self.scheduled_at
+        return {
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "title": self.title,
+            "prompt_text": self.prompt_text,
+            "scheduled_at": format_time(at) if at is not None else None,
+            "wake_options": self.wake_options.to_wire(),
+        }
 
     def wake_message(self) -> str:
         """What the agent is told: override message, else prompt, else a default line."""
@@ -256,19 +329,34 @@ class RejectedSlot:
     error: str
 
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+# One validator per type, built when first needed (building one costs milliseconds).
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[Any]) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter
 
 
 def _error_field(exc: ValidationError) -> tuple[str, str]:
     first = exc.errors()[0]
     loc = ".".join(str(part) for part in first["loc"]) or "(body)"
-    return loc, first["msg"]
+    msg = first["msg"]
+    if first["type"] == "dataclass_type":
+        # Say it as pydantic says it for models, as these messages always read.
+        msg = f"Input should be a valid dictionary or instance of {first['ctx']['class_name']}"
+    return loc, msg
 
 
-def parse(model: type[M], data: Any) -> M:
+def parse(model: type[T], data: Any) -> T:
     """Validate ``data`` as ``model``; raise :class:`InvalidInputError` naming the field."""
     try:
-        return model.model_validate(data)
+        return cast(T, _adapter(model).validate_python(data))
     except ValidationError as exc:
         loc, msg = _error_field(exc)
         raise InvalidInputError(loc, msg) from None
@@ -288,11 +376,12 @@ def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[Rejecte
     restart = data.get("restart_pending", False)
     if not isinstance(restart, bool):
         raise InvalidInputError("restart_pending", "must be a boolean")
+    slot_adapter = _adapter(Slot)
     good: list[Slot] = []
     rejected: list[RejectedSlot] = []
     for index, raw in enumerate(raw_slots):
         try:
-            good.append(Slot.model_validate(raw))
+            good.append(slot_adapter.validate_python(raw))
         except ValidationError as exc:
             loc, msg = _error_field(exc)
             slot_id = raw.get("id") if isinstance(raw, Mapping) else None

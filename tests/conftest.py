@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.schema import events, metadata, outbox, slots
-from calsched.model import Actor, Slot, SlotState, SlotView, Trigger
+from calsched.model import Actor, Slot, SlotState, SlotView, Trigger, parse
 
 PG_ENV = "CALSCHED_TEST_PG_URL"
 PG_SKIP_REASON = f"{PG_ENV} not set: PostgreSQL tests skipped"
@@ -164,7 +164,7 @@ def build_slot(slot_id: str = "s1", agent_id: str = "agent-1", **fields: Any) ->
     """A valid wire slot; ``fields`` override the defaults."""
     data: dict[str, Any] = {"id": slot_id, "agent_id": agent_id, "title": f"title of {slot_id}"}
     data.update(fields)
-    return Slot.model_validate(data)
+    return parse(Slot, data)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -193,11 +193,16 @@ def test_unknown_fields_are_ignored() -> None:
     assert "future_field" not in beat.to_wire()
 
 
-def test_wire_models_are_immutable() -> None:
+def test_wire_values_are_immutable() -> None:
     """Parsed wire values cannot be changed after validation."""
     slot = parse(Slot, GOOD_SLOT)
-    with pytest.raises(ValidationError):
+    with pytest.raises(FrozenInstanceError):
         slot.id = "other"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        slot.wake_options.override_message = "loud"  # type: ignore[misc]
+    beat = parse(HeartbeatRequest, {"identifier": "h", "captured_at": "2026-11-27T22:00:00Z"})
+    with pytest.raises(ValidationError):
+        beat.identifier = "other"  # type: ignore[misc]
 
 
 def test_null_wake_options_mean_defaults() -> None:

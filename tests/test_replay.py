@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 
 from calsched.journal import Journal, Mismatch, TransitionRequest, fold
-from calsched.journal.replay import diff, project
+from calsched.journal.replay import PLAIN_FIELDS, diff, drifted, fold_rows, project
 from calsched.journal.schema import slots
-from calsched.model import Actor, Event, SlotState, SlotView, Trigger
+from calsched.model import Actor, Event, Slot, SlotState, SlotView, Trigger
 
 S = SlotState
 T = Trigger
@@ -156,3 +160,134 @@ def test_diff_compares_field_by_field() -> None:
         Mismatch("h", "u", "(row)", False, True),
     ]
     assert diff(folded, folded) == []
+
+
+# -- the plain fold that verify streams ---------------------------------------------------
+
+_KEYS = ("a", "b", "c")
+_TEXTS = st.sampled_from([None, "", "x", "y"])
+
+
+@st.composite
+def _logs(draw: st.DrawFn) -> list[Event]:
+    """Random logs: each slot starts with a receive; any trigger and state may follow
+    (project does not judge transitions), re-receives included."""
+    log: list[Event] = []
+    attempts: dict[str, int] = {}
+    at = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
+    for seq in range(1, draw(st.integers(0, 40)) + 1):
+        slot_id = draw(st.sampled_from(_KEYS))
+        kind = T.receive if slot_id not in attempts else draw(st.sampled_from(list(Trigger)))
+        payload: dict[str, Any] = {}
+        agent = f"agent-{slot_id}"
+        if kind is T.receive:
+            attempts[slot_id] = attempts.get(slot_id, 0) + 1
+            agent = draw(st.sampled_from([agent, "other-agent"]))
+            slot = Slot(id=slot_id, agent_id=agent, title=draw(_TEXTS), scheduled_at=at)
+            extra = draw(st.sampled_from([{}, {"note": 1}]))  # extras: decoded, not cut
+            payload = {**extra, "slot": slot.to_wire()}
+        at += timedelta(seconds=draw(st.sampled_from([0, 1])))
+        log.append(
+            Event(
+                event_id=f"e{seq}",
+                identifier="h",
+                slot_id=slot_id,
+                attempt=attempts[slot_id],
+                agent_id=agent,
+                kind=kind,
+                actor=Actor.scheduler,
+                state_from=None,
+                state_to=draw(st.sampled_from(list(SlotState))),
+                recorded_at=at,
+                summary=draw(_TEXTS),
+                reason=draw(_TEXTS),
+                payload=payload,
+                seq=seq,
+            )
+        )
+    return log
+
+
+def _row(event: Event) -> tuple[Any, ...]:
+    """The event as verify reads it: plain values, JSON as text."""
+    return (
+        event.seq,
+        event.slot_id,
+        event.attempt,
+        event.agent_id,
+        event.kind.value,
+        event.state_to.value,
+        event.summary,
+        event.reason,
+        json.dumps(dict(event.payload)),
+        event.recorded_at,
+    )
+
+
+def _stored(view: SlotView) -> tuple[Any, ...]:
+    """The view as verify reads its ``slots`` row: plain values, the slot as JSON text."""
+    return (
+        view.slot_id,
+        view.agent_id,
+        view.state.value,
+        view.attempt,
+        json.dumps(view.slot.to_wire()),
+        view.received_at,
+        view.started_at,
+        view.updated_at,
+        view.resolved_at,
+        view.summary,
+        view.reason,
+        view.last_seq,
+    )
+
+
+@given(_logs(), st.data())
+def test_plain_fold_equals_the_fold_by_project(log: list[Event], data: st.DataObject) -> None:
+    """fold_rows over plain rows gives what fold (project) gives, and drifted sees any change."""
+    typed = fold(log)
+    stored = [_stored(view) for view in typed.values()]
+    assert drifted(stored, fold_rows(_row(e) for e in log)) == set()
+    if stored:
+        # Any one field changed in one stored row is seen (as is a row missing).
+        at = data.draw(st.integers(0, len(stored) - 1))
+        field = data.draw(st.integers(1, len(PLAIN_FIELDS) - 1))
+        row = list(stored[at])
+        row[field] = '"changed"'  # valid JSON too, for the slot column
+        tampered = [*stored[:at], tuple(row), *stored[at + 1 :]]
+        assert drifted(tampered, fold_rows(_row(e) for e in log)) == {row[0]}
+        assert drifted(stored[:at] + stored[at + 1 :], fold_rows(_row(e) for e in log)) == {row[0]}
+
+
+def test_plain_fold_refuses_events_before_receive() -> None:
+    """fold_rows, like project, refuses an event before any receive of its slot."""
+    with pytest.raises(ValueError, match="precedes any receive"):
+        fold_rows([_row(_event(1, T.dispatch, S.dispatching))])
+
+
+def test_verify_judges_the_slot_by_value(journal: Journal, drive: Drive) -> None:
+    """A stored slot spelt differently (keys reordered) is no mismatch; a changed one is,
+    reported as typed slots."""
+    drive(journal, "s1", S.in_progress)
+    with journal.engine.begin() as conn:
+        wire = conn.execute(select(slots.c.slot).where(slots.c.slot_id == "s1")).scalar_one()
+        reordered = dict(reversed(list(wire.items())))
+        conn.execute(update(slots).values(slot=reordered))
+    assert journal.verify() == []
+    with journal.engine.begin() as conn:
+        conn.execute(update(slots).values(slot={**wire, "title": "edited"}))
+    [mismatch] = journal.verify()
+    assert mismatch.field == "slot"
+    assert isinstance(mismatch.stored, Slot)
+    assert isinstance(mismatch.folded, Slot)
+    assert (mismatch.stored.title, mismatch.folded.title) == ("edited", "title of s1")
+
+
+def test_views_read_back_share_their_strings(journal: Journal, drive: Drive) -> None:
+    """A view read from the journal holds one string for its slot id and agent id, not two."""
+    drive(journal, "s1", S.in_progress, agent_id="agent-7")
+    drive(journal, "s2", S.pending, agent_id="agent-7")
+    one, two = journal.load_active()
+    assert one.slot_id is one.slot.id
+    assert one.agent_id is one.slot.agent_id is two.agent_id
+    assert one.identifier is two.identifier

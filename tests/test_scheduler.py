@@ -27,6 +27,7 @@ from calsched.model import (
     Slot,
     SlotState,
     Trigger,
+    parse,
     utcnow,
 )
 from calsched.ports import WakeRequest
@@ -76,7 +77,7 @@ async def make(db: str, backend: InMemoryBackend, host: InMemoryHost) -> AsyncIt
 
 def slot(slot_id: str, agent: str = "alice", **extra: object) -> Slot:
     """A slot as the backend would list it."""
-    return Slot.model_validate({"id": slot_id, "agent_id": agent, "title": "t", **extra})
+    return parse(Slot, {"id": slot_id, "agent_id": agent, "title": "t", **extra})
 
 
 async def beat(sched: Scheduler) -> None:

@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
-from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select
 from sqlalchemy import update as update_rows
 from sqlalchemy.sql import ColumnElement
@@ -62,6 +61,7 @@ from calsched.model import (
     SlotUpdate,
     WakeOptions,
     format_time,
+    parse,
     utcnow,
 )
 
@@ -126,7 +126,7 @@ class CalendarSlot:
             title=self.title,
             prompt_text=self.prompt_text,
             scheduled_at=self.fire_at,
-            wake_options=WakeOptions.model_validate(dict(self.wake_options)),
+            wake_options=WakeOptions.from_stored(self.wake_options),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -255,19 +255,18 @@ class LocalCalendar:
         already in the calendar.
         """
         now = self._clock()
-        try:
-            # The wire model's rules (non-empty ids, at most 256 characters) apply here too.
-            slot = Slot(
-                id=slot_id,
-                agent_id=agent_id,
-                title=title,
-                prompt_text=prompt_text,
-                scheduled_at=fire_at or now,
-                wake_options=WakeOptions(override_message=override_message),
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidInputError(".".join(map(str, first["loc"])), first["msg"]) from None
+        # The wire model's rules (non-empty ids, at most 256 characters) apply here too.
+        slot = parse(
+            Slot,
+            {
+                "id": slot_id,
+                "agent_id": agent_id,
+                "title": title,
+                "prompt_text": prompt_text,
+                "scheduled_at": fire_at or now,
+                "wake_options": {"override_message": override_message},
+            },
+        )
         assert slot.scheduled_at is not None
         with self._write() as conn:
             exists = conn.execute(

@@ -2,32 +2,71 @@
 
 :func:`project` applies one event to a slot's view; the journal uses it on every write and
 :func:`fold` uses it over the whole log, so the two cannot drift apart by construction.
-:func:`diff` compares a stored projection with the fold, field by field, for ``verify``.
+
+``verify`` reads the whole log, so it folds plain rows instead (:func:`fold_rows`: driver
+values, no object per event, nothing decoded) and compares them with the stored rows as
+plain values (:func:`drifted`). Only the slots that differ there are folded again with
+:func:`project` and compared field by field by :func:`diff`, so a report always speaks in
+typed values. :func:`fold_rows` spells out :func:`project`'s rules on plain values;
+``tests/test_replay.py`` proves the two folds equal, on the journal's own logs and on
+random ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from calsched.model import TERMINAL_STATES, Event, Slot, SlotView, Trigger, parse
+from calsched.model import TERMINAL_STATES, Event, Slot, SlotView, Trigger
 
-__all__ = ["Mismatch", "diff", "fold", "project"]
+__all__ = [
+    "PLAIN_FIELDS",
+    "Mismatch",
+    "diff",
+    "drifted",
+    "fold",
+    "fold_rows",
+    "project",
+]
 
 SlotKey = tuple[str, str]
+
+#: A plain view, as :func:`fold_rows` builds it and the ``slots`` table's columns read.
+PLAIN_FIELDS = (
+    "slot_id",
+    "agent_id",
+    "state",
+    "attempt",
+    "slot",
+    "received_at",
+    "started_at",
+    "updated_at",
+    "resolved_at",
+    "summary",
+    "reason",
+    "last_seq",
+)
+
+
+def _before_receive(seq: object, kind: str, slot_id: str) -> ValueError:
+    return ValueError(f"event {seq} ({kind}) precedes any receive of {slot_id!r}")
 
 
 def project(view: SlotView | None, event: Event) -> SlotView:
     """The slot's view after ``event``; ``view`` is ``None`` before its first ``receive``."""
     assert event.seq is not None, "only appended events are projected"
     if event.kind is Trigger.receive:
+        slot = Slot.from_stored(event.payload["slot"])
         return SlotView(
             identifier=event.identifier,
-            slot_id=event.slot_id,
-            agent_id=event.agent_id,
+            # The view and its slot share one id string (and agent id) where they agree.
+            slot_id=slot.id if slot.id == event.slot_id else event.slot_id,
+            agent_id=slot.agent_id if slot.agent_id == event.agent_id else event.agent_id,
             state=event.state_to,
             attempt=event.attempt,
-            slot=parse(Slot, event.payload["slot"]),
+            slot=slot,
             received_at=event.recorded_at,
             started_at=None,
             updated_at=event.recorded_at,
@@ -37,9 +76,7 @@ def project(view: SlotView | None, event: Event) -> SlotView:
             last_seq=event.seq,
         )
     if view is None:
-        raise ValueError(
-            f"event {event.seq} ({event.kind}) precedes any receive of {event.slot_id!r}"
-        )
+        raise _before_receive(event.seq, event.kind, event.slot_id)
     terminal = event.state_to in TERMINAL_STATES
     started_at = view.started_at
     if event.kind is Trigger.woke and started_at is None:
@@ -67,6 +104,98 @@ def fold(events: Iterable[Event]) -> dict[SlotKey, SlotView]:
         key = (event.identifier, event.slot_id)
         views[key] = project(views.get(key), event)
     return views
+
+
+def _decoded(raw: Any) -> Any:
+    # SQLite hands JSON back as text; a driver that decodes JSON hands back the value.
+    return json.loads(raw) if isinstance(raw, str | bytes) else raw
+
+
+_RECEIVE, _WOKE, _RESUME = Trigger.receive.value, Trigger.woke.value, Trigger.resume.value
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+_SLOT_PREFIX = '{"slot": '
+
+
+def fold_rows(rows: Iterable[Sequence[Any]]) -> dict[str, list[Any]]:
+    """Fold plain event rows of one identifier, in ``seq`` order, into plain views.
+
+    Each row is ``(seq, slot_id, attempt, agent_id, kind, state_to, summary, reason,
+    payload, recorded_at)`` as the driver returns it; each view is a list of
+    :data:`PLAIN_FIELDS` values, keyed by slot id, whose ``slot`` is still the raw payload
+    of the slot's last ``receive`` (:func:`drifted` takes the slot out of it).
+
+    The same rules as :func:`project`, written out on plain values because this loop runs
+    once per event of the whole log; ``tests/test_replay.py`` proves the two folds equal.
+    """
+    views: dict[str, list[Any]] = {}
+    get = views.get
+    for seq, slot_id, attempt, agent_id, kind, state_to, summary, reason, payload, at in rows:
+        if kind == _RECEIVE:
+            views[slot_id] = [
+                slot_id, agent_id, state_to, attempt, payload, at, None, at, None, None, None, seq
+            ]  # fmt: skip
+            continue
+        view = get(slot_id)
+        if view is None:
+            raise _before_receive(seq, kind, slot_id)
+        if kind == _WOKE and view[6] is None:
+            view[6] = at  # started_at
+        if kind == _RESUME:
+            view[10] = None  # reason: a resumed slot is no longer paused for that reason
+        elif reason is not None:
+            view[10] = reason
+        if summary is not None:
+            view[9] = summary
+        view[2] = state_to
+        view[7] = at  # updated_at
+        view[8] = at if state_to in _TERMINAL else None  # resolved_at
+        view[11] = seq
+    return views
+
+
+def _slot_of(payload: Any) -> Any:
+    # A receive's payload is {"slot": <the slot>} (plus any extras the request carried).
+    # As text from the same serializer as the stored slot, the slot's own text can be cut
+    # out without parsing: equal text then means equal value. Anything else is decoded.
+    if isinstance(payload, str) and payload.startswith(_SLOT_PREFIX) and payload[-1] == "}":
+        return payload[len(_SLOT_PREFIX) : -1]
+    return _decoded(payload)["slot"]
+
+
+def _same_decoded(have: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
+    # The rest equal, and the slot the same value in two spellings (JSON text with its
+    # keys in another order, or text against a driver-decoded value)?
+    if have[:4] != want[:4] or have[5:] != want[5:]:
+        return False
+    try:
+        return bool(_decoded(have[4]) == _decoded(want[4]))
+    except ValueError:  # not JSON at all: a difference for diff to report
+        return False
+
+
+def drifted(stored: Iterable[Sequence[Any]], folded: Mapping[str, list[Any]]) -> set[str]:
+    """Slot ids whose stored row is not the plain fold, or exists on one side only.
+
+    ``stored`` rows hold :data:`PLAIN_FIELDS` as the driver returns them, and ``folded``
+    is :func:`fold_rows`'s result (consumed: its slot payloads are replaced by slots).
+    Equal driver values make equal typed values, so a slot not listed here has no
+    mismatch.
+    """
+    out: set[str] = set()
+    seen: set[str] = set()
+    for row in stored:
+        slot_id = row[0]
+        seen.add(slot_id)
+        want = folded.get(slot_id)
+        if want is None:
+            out.add(slot_id)
+            continue
+        want[4] = _slot_of(want[4])
+        have, expected = tuple(row), tuple(want)  # as tuples: a driver row's == may be slow
+        if have != expected and not _same_decoded(have, expected):
+            out.add(slot_id)
+    out.update(k for k in folded if k not in seen)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
