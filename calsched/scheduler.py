@@ -179,15 +179,13 @@ class Scheduler:
     def _absorb(self, applied: Applied) -> None:
         """Take committed views into the live view, history and metrics."""
         outbox = False
-        received: set[str] = set()
         for event in applied.events:
             self.metrics.transitions.labels(event.kind.value).inc()
-            if event.kind is Trigger.receive:
-                received.add(event.slot_id)
             if notifies_backend(event.kind, event.state_to):
                 outbox = True
-        for slot_id, view in applied.views.items():
-            if slot_id not in self._active and slot_id not in received:
+        for slot_id in applied.after:
+            view = applied.view(slot_id, self._active.get(slot_id))
+            if view is None:
                 continue  # a reconcile of a slot that had already ended here: not live
             if view.terminal:
                 self._active.pop(slot_id, None)
@@ -616,7 +614,8 @@ class Scheduler:
                 )
             ]
         )
-        after = applied.views[current.slot_id]
+        after = applied.view(current.slot_id, current)
+        assert after is not None, "the tool's own slot is in its batch"
         if after.terminal:
             await self._pump(agent_id)
         return after

@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
-from calsched.model import TERMINAL_STATES, Event, Slot, SlotView, Trigger
+from calsched.model import TERMINAL_STATES, Event, Slot, SlotState, SlotView, Trigger
 
 __all__ = [
     "PLAIN_FIELDS",
+    "Change",
     "Mismatch",
+    "change",
     "diff",
     "drifted",
     "fold",
@@ -77,21 +80,58 @@ def project(view: SlotView | None, event: Event) -> SlotView:
         )
     if view is None:
         raise _before_receive(event.seq, event.kind, event.slot_id)
-    terminal = event.state_to in TERMINAL_STATES
-    started_at = view.started_at
+    return change(view.started_at, view.summary, view.reason, event).apply(view)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What an event other than ``receive`` changes in a slot's view.
+
+    The journal's write path computes it once per transition from the few columns it
+    reads (it never decodes the stored slot), writes it to the ``slots`` row, and hands it
+    to the scheduler, whose live view applies it.
+    """
+
+    state: SlotState
+    started_at: datetime | None
+    updated_at: datetime
+    resolved_at: datetime | None
+    summary: str | None
+    reason: str | None
+    last_seq: int
+
+    def apply(self, view: SlotView) -> SlotView:
+        """``view`` with this change made."""
+        return replace(
+            view,
+            state=self.state,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            resolved_at=self.resolved_at,
+            summary=self.summary,
+            reason=self.reason,
+            last_seq=self.last_seq,
+        )
+
+
+def change(
+    started_at: datetime | None, summary: str | None, reason: str | None, event: Event
+) -> Change:
+    """The change ``event`` makes to a view with these ``started_at``, ``summary`` and
+    ``reason``: the one rule :func:`project` and the journal's write path share."""
+    assert event.seq is not None, "only appended events are projected"
     if event.kind is Trigger.woke and started_at is None:
         started_at = event.recorded_at
     if event.kind is Trigger.resume:
         reason = None  # a resumed slot is no longer paused for that reason
-    else:
-        reason = event.reason if event.reason is not None else view.reason
-    return replace(
-        view,
+    elif event.reason is not None:
+        reason = event.reason
+    return Change(
         state=event.state_to,
         started_at=started_at,
         updated_at=event.recorded_at,
-        resolved_at=event.recorded_at if terminal else None,
-        summary=event.summary if event.summary is not None else view.summary,
+        resolved_at=event.recorded_at if event.state_to in TERMINAL_STATES else None,
+        summary=event.summary if event.summary is not None else summary,
         reason=reason,
         last_seq=event.seq,
     )

@@ -34,6 +34,7 @@ from calsched.journal.engine import driver_execute
 from calsched.journal.schema import events, outbox, slots
 
 __all__ = [
+    "HEAD_COLUMNS",
     "MUTABLE_SLOT_COLUMNS",
     "Compiled",
     "Statements",
@@ -55,6 +56,7 @@ MUTABLE_SLOT_COLUMNS = (
     "last_seq",
 )
 _SLOT_COLUMNS = tuple(c.name for c in slots.columns)
+HEAD_COLUMNS = ("state", "attempt", "agent_id", "started_at", "summary", "reason")
 _EVENT_COLUMNS = tuple(c.name for c in events.columns if c.name != "seq")
 _OUTBOX_COLUMNS = tuple(c.name for c in outbox.columns if c.name not in ("id",))
 
@@ -108,12 +110,16 @@ class Statements:
             bindparam("identifier"),
             bindparam("slot_id"),
         )
-        slot_row = select(*slots.columns).where(slots.c.identifier == key[0])
-        self.slot_columns = _SLOT_COLUMNS
-        self.select_slot = _compile(
-            slot_row.where(slots.c.slot_id == key[1]).with_for_update(), dialect
+        #: What deciding and projecting a transition needs of its slot: never the
+        #: stored slot itself, whose JSON would cost more to decode than the rest.
+        head = [slots.c[n] for n in HEAD_COLUMNS]
+        self.select_head = _compile(
+            select(*head)
+            .where(slots.c.identifier == key[0], slots.c.slot_id == key[1])
+            .with_for_update(),
+            dialect,
         )
-        self.slot_readers = _readers(dialect, list(slots.columns))
+        self.head_readers = _readers(dialect, head)
         self.current_of_agent = _compile(
             select(slots.c.slot_id).where(
                 slots.c.identifier == key[0],

@@ -38,7 +38,17 @@ from sqlalchemy import (
 from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFoundError
 from calsched.journal import migrate, statements
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
-from calsched.journal.replay import PLAIN_FIELDS, Mismatch, diff, drifted, fold, fold_rows, project
+from calsched.journal.replay import (
+    PLAIN_FIELDS,
+    Change,
+    Mismatch,
+    change,
+    diff,
+    drifted,
+    fold,
+    fold_rows,
+    project,
+)
 from calsched.journal.schema import events, outbox, slots
 from calsched.journal.statements import Statements
 from calsched.lifecycle import SLOT_MACHINE
@@ -100,12 +110,21 @@ class TransitionRequest:
 class Applied:
     """What a committed batch did: its events in order, and each touched slot after it.
 
-    The views are the projection the journal wrote, computed once; the scheduler's live
-    view takes them as they are.
+    ``after`` is the projection the journal wrote, computed once: the whole view of a
+    slot received in this batch, else the :class:`~calsched.journal.replay.Change` to
+    make to the caller's view. The scheduler's live view takes it as it is.
     """
 
     events: list[Event]
-    views: dict[str, SlotView]
+    after: dict[str, SlotView | Change]
+
+    def view(self, slot_id: str, before: SlotView | None) -> SlotView | None:
+        """The slot's view after the batch, given its view ``before`` it (``None`` if
+        the caller has none: then only a slot received in this batch has a view)."""
+        final = self.after.get(slot_id)
+        if isinstance(final, Change):
+            return final.apply(before) if before is not None else None
+        return final if final is not None else before
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +248,8 @@ class Journal:
             return Applied([], {})
         st = self._sql
         now = self._clock()
-        stored = {sid: self._load_view(conn, sid) for sid in sorted({r.slot_id for r in requests})}
-        heads = {sid: _Head(v.state, v.attempt, v.agent_id) for sid, v in stored.items() if v}
+        stored = {sid: self._load_head(conn, sid) for sid in sorted({r.slot_id for r in requests})}
+        heads = {sid: h for sid, h in stored.items() if h is not None}
         current = {h.agent_id: sid for sid, h in heads.items() if h.state in CURRENT_STATES}
         drafts: list[Event] = []
         for request in requests:  # decide everything first: a refusal writes nothing
@@ -241,43 +260,59 @@ class Journal:
             elif current.get(event.agent_id) == request.slot_id:
                 del current[event.agent_id]
             drafts.append(event)
-        views: dict[str, SlotView | None] = dict(stored)
-        received: set[str] = set()
+        heads = {sid: h for sid, h in stored.items() if h is not None}
+        after: dict[str, SlotView | Change] = {}
         appended: list[Event] = []
         for draft in drafts:
             seq = statements.insert_returning_id(conn, st.insert_event, _event_values(draft))
             event = _with_seq(draft, seq)
-            views[event.slot_id] = project(views[event.slot_id], event)
+            sid = event.slot_id
             if event.kind is Trigger.receive:
-                received.add(event.slot_id)
+                view = project(None, event)
+                heads[sid] = _Head(view.state, view.attempt, view.agent_id)
+                after[sid] = view
+            else:
+                head = heads[sid]
+                step = change(head.started_at, head.summary, head.reason, event)
+                heads[sid] = head._replace(
+                    state=step.state,
+                    started_at=step.started_at,
+                    summary=step.summary,
+                    reason=step.reason,
+                )
+                known = after.get(sid)
+                after[sid] = step.apply(known) if isinstance(known, SlotView) else step
             if notifies_backend(event.kind, event.state_to):
                 statements.execute(conn, st.insert_outbox, _outbox_values(event, seq))
             appended.append(event)
-        after: dict[str, SlotView] = {}
-        for event in appended:
-            if event.slot_id in after:
-                continue
-            view = views[event.slot_id]
-            assert view is not None
-            after[event.slot_id] = view
-            if stored[event.slot_id] is None:
-                statements.execute(conn, st.insert_slot, _view_values(view))
-            elif event.slot_id in received:  # a new attempt: the whole row changes
-                statements.execute(conn, st.update_slot, _keyed(view, _view_values(view)))
-            else:
-                statements.execute(conn, st.update_slot_state, _keyed(view, _state_values(view)))
+        for sid, final in after.items():
+            if isinstance(final, Change):
+                values = {**_change_values(final), "k_identifier": self.identifier}
+                statements.execute(conn, st.update_slot_state, {**values, "k_slot_id": sid})
+            elif stored[sid] is None:
+                statements.execute(conn, st.insert_slot, _view_values(final))
+            else:  # a new attempt: the whole row changes
+                statements.execute(conn, st.update_slot, _keyed(final, _view_values(final)))
         return Applied(appended, after)
 
-    def _load_view(self, conn: Connection, slot_id: str) -> SlotView | None:
-        """The stored projection of one slot, locked for this write transaction."""
+    def _load_head(self, conn: Connection, slot_id: str) -> _Head | None:
+        """What a transition needs of one stored slot, locked for this transaction."""
         st = self._sql
         rows = statements.fetch_all(
-            conn, st.select_slot, {"identifier": self.identifier, "slot_id": slot_id}
+            conn, st.select_head, {"identifier": self.identifier, "slot_id": slot_id}
         )
         if not rows:
             return None
-        values = (v if f is None else f(v) for f, v in zip(st.slot_readers, rows[0], strict=True))
-        return _view_from_row(dict(zip(st.slot_columns, values, strict=True)))
+        state, attempt, agent_id, started_at, summary, reason = rows[0]
+        reader = st.head_readers[3]
+        return _Head(
+            _STATE[state],  # type: ignore[arg-type]
+            int(attempt),
+            agent_id,
+            reader(started_at) if reader is not None else started_at,
+            summary,
+            reason,
+        )
 
     def _decide(
         self,
@@ -575,7 +610,7 @@ class Journal:
         self, conn: Connection, row: OutboxRow, backend_status: SlotState, reason: str | None
     ) -> Applied:
         """:meth:`settle_conflict` inside the write transaction ``conn`` holds."""
-        found = self._load_view(conn, row.slot_id)
+        found = self._load_head(conn, row.slot_id)
         applied = Applied([], {})
         if found and found.attempt == row.attempt and found.state is not backend_status:
             applied = self.apply_in(
@@ -665,11 +700,15 @@ class Journal:
 
 
 class _Head(NamedTuple):
-    """What deciding a transition needs of a slot: its state, attempt and agent."""
+    """What a transition needs of a slot: its state, attempt and agent to decide, and
+    the columns its :class:`~calsched.journal.replay.Change` carries forward."""
 
     state: SlotState
     attempt: int
     agent_id: str
+    started_at: datetime | None = None
+    summary: str | None = None
+    reason: str | None = None
 
 
 def _event_values(event: Event) -> dict[str, Any]:
@@ -709,15 +748,15 @@ def _outbox_values(event: Event, seq: int) -> dict[str, Any]:
     }
 
 
-def _state_values(view: SlotView) -> dict[str, Any]:
+def _change_values(step: Change) -> dict[str, Any]:
     return {
-        "state": view.state.value,
-        "started_at": view.started_at,
-        "updated_at": view.updated_at,
-        "resolved_at": view.resolved_at,
-        "summary": view.summary,
-        "reason": view.reason,
-        "last_seq": view.last_seq,
+        "state": step.state.value,
+        "started_at": step.started_at,
+        "updated_at": step.updated_at,
+        "resolved_at": step.resolved_at,
+        "summary": step.summary,
+        "reason": step.reason,
+        "last_seq": step.last_seq,
     }
 
 
