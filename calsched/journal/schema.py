@@ -131,6 +131,8 @@ slots = Table(
     CheckConstraint(f"state IN ({_STATES})", name="state"),
     Index("ix_slots_state", "identifier", "state"),
     Index("ix_slots_agent", "identifier", "agent_id", "state"),
+    # Newest change first (history, the status page after a restart) without a sort.
+    Index("ix_slots_recent", "identifier", "last_seq"),
 )
 
 outbox = Table(
