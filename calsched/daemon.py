@@ -28,10 +28,9 @@ import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from calsched.config import Config, ControlConfig, HostAdapter
 from calsched.errors import ConfigError, WakeFailedError
+from calsched.logs import get_logger
 from calsched.model import AgentReport
 from calsched.ports import Backend, Host, WakeRequest
 
@@ -62,7 +61,7 @@ EXIT_RESTART = 75
 #: The base URL the in-process backend is addressed by; no request leaves the process.
 _EMBEDDED_URL = "http://embedded-calendar.invalid"
 
-log = structlog.get_logger("calsched.daemon")
+log = get_logger("calsched.daemon")
 
 
 class NoHost:

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "redact_secrets"]
+# structlog imports rich, and through it pygments, when rich is installed: for pretty
+# tracebacks calsched never prints (exceptions are rendered by _exception_on_one_line, or
+# format_exc_info in JSON). That is tens of milliseconds of every `calsched run` start.
+# A None entry in sys.modules makes `import rich` fail for that one import (documented
+# import-system behaviour); it is removed at once, so the CLI's tables still get rich.
+_HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets"]
 
 REDACTED = "[redacted]"
 
@@ -34,6 +48,11 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger (key=value events) named ``name``, rendered as configured."""
+    return structlog.get_logger(name)
 
 
 def redact_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
