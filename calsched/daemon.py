@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from calsched.config import Config, ControlConfig, HostAdapter
 from calsched.errors import ConfigError, WakeFailedError
-from calsched.logs import get_logger
+from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
 from calsched.ports import Backend, Host, WakeRequest
 
@@ -196,6 +196,11 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
     (status :data:`EXIT_RESTART`). Start-up problems raise a
     :class:`~calsched.errors.CalschedError` before anything runs.
     """
+    with hidden_modules("rich", "pygments"):
+        # httpx loads its command-line client (rich, pygments) when they are installed;
+        # the daemon only needs the library. The first import decides, so it is made here.
+        import httpx  # noqa: F401
+
     sock = bind_socket(cfg.control.host, cfg.control.port)
     try:
         return asyncio.run(_serve(cfg, sock, exit_on_restart=exit_on_restart))

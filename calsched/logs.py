@@ -10,26 +10,41 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-# structlog imports rich, and through it pygments, when rich is installed: for pretty
-# tracebacks calsched never prints (exceptions are rendered by _exception_on_one_line, or
-# format_exc_info in JSON). That is tens of milliseconds of every `calsched run` start.
-# A None entry in sys.modules makes `import rich` fail for that one import (documented
-# import-system behaviour); it is removed at once, so the CLI's tables still get rich.
-_HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
-if _HIDE_RICH:
-    sys.modules["rich"] = None  # type: ignore[assignment]
-try:
-    import structlog
-finally:
-    if _HIDE_RICH:
-        del sys.modules["rich"]
+__all__ = ["REDACTED", "configure_logging", "get_logger", "hidden_modules", "redact_secrets"]
 
-__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_secrets"]
+
+@contextmanager
+def hidden_modules(*names: str) -> Iterator[None]:
+    """While inside, ``import <name>`` fails for each of ``names`` not yet imported.
+
+    For libraries that load an optional extra at import time when it happens to be
+    installed (structlog: rich and pygments for tracebacks; httpx: its command-line client),
+    which calsched never uses but would pay for on every start. A ``None`` entry in
+    ``sys.modules`` is the import system's documented way to say "not importable"; the
+    entries are removed on exit, so later imports (the CLI's tables) work as usual.
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+# Exceptions are rendered here (_exception_on_one_line; format_exc_info in JSON), never by
+# structlog's rich tracebacks: loading rich and pygments for them cost every start ~50 ms.
+with hidden_modules("rich", "pygments"):
+    import structlog
 
 REDACTED = "[redacted]"
 
