@@ -154,7 +154,9 @@ outbox = Table(
     Column("delivered_at", UTCDateTime, nullable=True),
     Column("dead_at", UTCDateTime, nullable=True),
     CheckConstraint("status IN ('in_progress','paused','completed','aborted')", name="status"),
-    Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "next_try_at"),
+    # The undelivered rows in id order: due_outbox reads them oldest first and stops at
+    # its limit, so PostgreSQL never walks the primary key through delivered history.
+    Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "id", "next_try_at"),
     Index("ix_outbox_slot", "identifier", "slot_id", "id"),
 )
 

@@ -448,7 +448,11 @@ class Journal:
                 outbox.c.next_try_at <= now,
                 ~blocked,
             )
-            .order_by(outbox.c.id)
+            # The same order as by id alone (the other columns are fixed by the filter),
+            # spelt as ix_outbox_due's columns: PostgreSQL does not count `IS NULL` as
+            # fixing a column, so `ORDER BY id` alone made it walk the primary key through
+            # every delivered row of the history to find the first due ones.
+            .order_by(outbox.c.identifier, outbox.c.delivered_at, outbox.c.dead_at, outbox.c.id)
             .limit(limit)
         )
         with self._read() as conn:
