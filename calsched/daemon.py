@@ -28,10 +28,9 @@ import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from calsched.config import Config, ControlConfig, HostAdapter
 from calsched.errors import ConfigError, WakeFailedError
+from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
 from calsched.ports import Backend, Host, WakeRequest
 
@@ -62,7 +61,7 @@ EXIT_RESTART = 75
 #: The base URL the in-process backend is addressed by; no request leaves the process.
 _EMBEDDED_URL = "http://embedded-calendar.invalid"
 
-log = structlog.get_logger("calsched.daemon")
+log = get_logger("calsched.daemon")
 
 
 class NoHost:
@@ -197,6 +196,11 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
     (status :data:`EXIT_RESTART`). Start-up problems raise a
     :class:`~calsched.errors.CalschedError` before anything runs.
     """
+    with hidden_modules("rich", "pygments"):
+        # httpx loads its command-line client (rich, pygments) when they are installed;
+        # the daemon only needs the library. The first import decides, so it is made here.
+        import httpx  # noqa: F401
+
     sock = bind_socket(cfg.control.host, cfg.control.port)
     try:
         return asyncio.run(_serve(cfg, sock, exit_on_restart=exit_on_restart))

@@ -10,12 +10,41 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "redact_secrets"]
+__all__ = ["REDACTED", "configure_logging", "get_logger", "hidden_modules", "redact_secrets"]
+
+
+@contextmanager
+def hidden_modules(*names: str) -> Iterator[None]:
+    """While inside, ``import <name>`` fails for each of ``names`` not yet imported.
+
+    For libraries that load an optional extra at import time when it happens to be
+    installed (structlog: rich and pygments for tracebacks; httpx: its command-line client),
+    which calsched never uses but would pay for on every start. A ``None`` entry in
+    ``sys.modules`` is the import system's documented way to say "not importable"; the
+    entries are removed on exit, so later imports (the CLI's tables) work as usual.
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+# Exceptions are rendered here (_exception_on_one_line; format_exc_info in JSON), never by
+# structlog's rich tracebacks: loading rich and pygments for them cost every start ~50 ms.
+with hidden_modules("rich", "pygments"):
+    import structlog
 
 REDACTED = "[redacted]"
 
@@ -34,6 +63,11 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger (key=value events) named ``name``, rendered as configured."""
+    return structlog.get_logger(name)
 
 
 def redact_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:

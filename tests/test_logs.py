@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from calsched.logs import REDACTED, configure_logging
+from calsched.logs import REDACTED, configure_logging, hidden_modules
 
 
 @pytest.fixture
@@ -105,3 +107,16 @@ def test_reconfiguring_replaces_the_handler(stream: io.StringIO) -> None:
     configure_logging(stream=stream)
     structlog.get_logger("t").info("once")
     assert len(lines(stream)) == 1
+
+
+def test_hidden_modules_hides_only_what_is_not_imported_yet() -> None:
+    """Inside, a not-yet-imported module cannot be imported; outside it can; loaded ones
+    stay available throughout."""
+    name = "tabnanny"  # stdlib, imported by nothing here
+    sys.modules.pop(name, None)
+    with hidden_modules(name, "json"):
+        with pytest.raises(ImportError):
+            importlib.import_module(name)
+        assert importlib.import_module("json") is sys.modules["json"]
+    assert name not in sys.modules
+    assert importlib.import_module(name).__name__ == name

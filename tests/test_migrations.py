@@ -76,6 +76,8 @@ def test_single_head() -> None:
     heads = script.get_heads()
     assert len(heads) == 1
     assert heads[0] == migrate.head_revision()
+    # Start-up compares the database with this constant instead of loading the scripts.
+    assert heads[0] == migrate.HEAD
 
 
 def test_revision_files_are_dated() -> None:
@@ -144,6 +146,28 @@ def test_upgrade_downgrade_upgrade_with_rows(engine: Engine, db_url: str, drive:
         reopened.close()
 
 
+def test_upgrade_from_the_first_release_keeps_rows(
+    engine: Engine, db_url: str, drive: Drive
+) -> None:
+    """A journal written at 0001 upgrades to head with its rows, and goes back down."""
+    migrate.upgrade(engine, "0001")
+    drive(Journal(engine, "host-a"), "s1", SlotState.completed)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert _schema_differences(conn) == []
+        assert "ix_slots_recent" in {i["name"] for i in inspect(conn).get_indexes("slots")}
+    journal = Journal.open(db_url, "host-a")
+    try:
+        assert [v.slot_id for v in journal.history(limit=1)] == ["s1"]
+        assert journal.verify() == []
+    finally:
+        journal.close()
+    migrate.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        assert "ix_slots_recent" not in {i["name"] for i in inspect(conn).get_indexes("slots")}
+    assert migrate.current_revision(engine) == "0001"
+
+
 def _count(conn: Connection, table: str) -> int:
     query = select(func.count()).select_from(metadata.tables[table])
     return int(conn.execute(query).scalar_one())
@@ -184,6 +208,31 @@ def test_open_without_upgrade_on_empty_database(db_url: str) -> None:
     assert info.value.found is None
     assert info.value.expected == migrate.head_revision()
     assert "calsched db upgrade" in str(info.value)
+
+
+def test_open_at_head_asks_alembic_nothing(
+    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At head, opening (even with upgrade) is one read of alembic_version: no scripts."""
+    migrate.upgrade(engine)
+
+    def _forbidden(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Alembic was consulted for a database already at head")
+
+    for name in ("current_revision", "head_revision", "upgrade", "_upgrade_to", "check_known"):
+        monkeypatch.setattr(migrate, name, _forbidden)
+    for upgrade in (True, False):
+        Journal.open(db_url, "host-a", upgrade=upgrade).close()
+
+
+def test_older_revision_is_upgraded_or_refused(engine: Engine, db_url: str) -> None:
+    """At an older known revision: refused without upgrade, migrated to head with it."""
+    migrate.upgrade(engine, "0001")
+    with pytest.raises(SchemaVersionError) as info:
+        Journal.open(db_url, "host-a")
+    assert (info.value.found, info.value.expected) == ("0001", migrate.head_revision())
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    assert migrate.current_revision(engine) == migrate.head_revision()
 
 
 def test_unknown_newer_revision_is_refused(engine: Engine, db_url: str) -> None:

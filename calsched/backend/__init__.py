@@ -5,20 +5,28 @@
   :class:`CalendarBackend` serves it to a scheduler in-process.
 - :func:`create_backend_app` serves a :class:`LocalCalendar` over HTTP (the reference
   backend, also what the integration tests run against).
+
+The names are loaded on first use: ``calsched run`` against a remote backend imports
+:mod:`calsched.backend.http` alone, not the calendar or the reference server (and the
+fault-injection fakes the server carries).
 """
 
 from __future__ import annotations
 
-from calsched.backend.calendar import (
-    CalendarBackend,
-    CalendarSlot,
-    CalendarStatus,
-    LocalCalendar,
-    Receipt,
-    StatusOutcome,
-)
-from calsched.backend.http import HttpBackend
-from calsched.backend.server import create_backend_app
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from calsched.backend.calendar import (
+        CalendarBackend,
+        CalendarSlot,
+        CalendarStatus,
+        LocalCalendar,
+        Receipt,
+        StatusOutcome,
+    )
+    from calsched.backend.http import HttpBackend
+    from calsched.backend.server import create_backend_app
 
 __all__ = [
     "CalendarBackend",
@@ -30,3 +38,24 @@ __all__ = [
     "StatusOutcome",
     "create_backend_app",
 ]
+
+_HOMES = {
+    "CalendarBackend": "calsched.backend.calendar",
+    "CalendarSlot": "calsched.backend.calendar",
+    "CalendarStatus": "calsched.backend.calendar",
+    "LocalCalendar": "calsched.backend.calendar",
+    "Receipt": "calsched.backend.calendar",
+    "StatusOutcome": "calsched.backend.calendar",
+    "HttpBackend": "calsched.backend.http",
+    "create_backend_app": "calsched.backend.server",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the module that defines ``name`` the first time it is asked for."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

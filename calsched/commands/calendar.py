@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from calsched.commands.common import (
     AgentOption,
@@ -19,6 +18,7 @@ from calsched.commands.common import (
     config_of,
     console,
     fail,
+    new_table,
     open_journal,
     parse_when,
     print_json,
@@ -98,7 +98,7 @@ def slots_list(
     if as_json:
         print_json(rows)
         return
-    table = Table("slot", "agent", "title", "fires at", "status", "attempt", "summary / reason")
+    table = new_table("slot", "agent", "title", "fires at", "status", "attempt", "summary / reason")
     for row in rows:
         table.add_row(
             row["id"],

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
 from calsched.config import Config, load_config
 from calsched.errors import InvalidInputError, JournalError
 from calsched.model import format_time
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from calsched.journal import Journal
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "console",
     "fail",
     "iso",
+    "new_table",
     "open_journal",
     "parse_when",
     "print_json",
@@ -144,10 +147,20 @@ def console() -> Console:
     Made per call: CliRunner (and pipes) swap ``sys.stdout`` after import. Into a pipe or a
     file, tables get room instead of rich's 80-column default, so ids are not cut off.
     """
+    # Imported here: `calsched run` never prints a table, and rich is a slow import.
+    from rich.console import Console
+
     out = Console(highlight=False)
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(highlight=False, width=200)
     return out
+
+
+def new_table(*columns: str, title: str | None = None) -> Table:
+    """A rich table with these column headers (rich is imported on first use)."""
+    from rich.table import Table
+
+    return Table(*columns, title=title)
 
 
 def print_json(data: Any) -> None:

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.table import Table
 
 from calsched.commands.common import (
     EXIT_USAGE,
@@ -23,6 +22,7 @@ from calsched.commands.common import (
     config_of,
     console,
     fail,
+    new_table,
     print_json,
     short_time,
 )
@@ -248,7 +248,9 @@ def _print_status(data: Mapping[str, Any]) -> None:
         f"outbox pending {outbox.get('pending')}  dead {outbox.get('dead')}  "
         f"restart pending {data.get('restart_pending')}"
     )
-    active = Table("slot", "agent", "state", "attempt", "started", "last change", title="active")
+    active = new_table(
+        "slot", "agent", "state", "attempt", "started", "last change", title="active"
+    )
     for item in data.get("active") or []:
         slot_data = item.get("slot") or {}
         active.add_row(
@@ -260,7 +262,7 @@ def _print_status(data: Mapping[str, Any]) -> None:
             short_time(item.get("last_change")),
         )
     out.print(active)
-    recent = Table("slot", "agent", "status", "resolved", "summary / reason", title="history")
+    recent = new_table("slot", "agent", "status", "resolved", "summary / reason", title="history")
     for item in data.get("history") or []:
         recent.add_row(
             str(item.get("slot_id")),

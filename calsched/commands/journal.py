@@ -12,7 +12,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from calsched.commands.common import (
     JsonOption,
@@ -20,6 +19,7 @@ from calsched.commands.common import (
     console,
     fail,
     iso,
+    new_table,
     open_journal,
     parse_when,
     print_json,
@@ -113,7 +113,9 @@ def history(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = Table("slot", "agent", "state", "attempt", "title", "changed", "summary / reason")
+        table = new_table(
+            "slot", "agent", "state", "attempt", "title", "changed", "summary / reason"
+        )
         for row in rows:
             table.add_row(
                 row["slot_id"],
@@ -163,7 +165,9 @@ def events(
     if as_json:
         print_json(rows)
         return
-    table = Table("seq", "recorded", "slot", "att", "agent", "trigger", "actor", "from→to", "note")
+    table = new_table(
+        "seq", "recorded", "slot", "att", "agent", "trigger", "actor", "from→to", "note"
+    )
     for row in rows:
         table.add_row(
             str(row["seq"]),

@@ -131,6 +131,8 @@ slots = Table(
     CheckConstraint(f"state IN ({_STATES})", name="state"),
     Index("ix_slots_state", "identifier", "state"),
     Index("ix_slots_agent", "identifier", "agent_id", "state"),
+    # Newest change first (history, the status page after a restart) without a sort.
+    Index("ix_slots_recent", "identifier", "last_seq"),
 )
 
 outbox = Table(
@@ -152,7 +154,9 @@ outbox = Table(
     Column("delivered_at", UTCDateTime, nullable=True),
     Column("dead_at", UTCDateTime, nullable=True),
     CheckConstraint("status IN ('in_progress','paused','completed','aborted')", name="status"),
-    Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "next_try_at"),
+    # The undelivered rows in id order: due_outbox reads them oldest first and stops at
+    # its limit, so PostgreSQL never walks the primary key through delivered history.
+    Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "id", "next_try_at"),
     Index("ix_outbox_slot", "identifier", "slot_id", "id"),
 )
 
