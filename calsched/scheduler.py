@@ -18,6 +18,7 @@ process there.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -113,6 +114,8 @@ class Scheduler:
         # Reads never queue behind the writer; WAL lets them run beside a commit.
         self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
         self._active: dict[str, SlotView] = {}
+        #: Agent -> its live slots as (received_at, slot_id), oldest first.
+        self._by_agent: dict[str, list[tuple[datetime, str]]] = {}
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
         self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
         self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
@@ -188,10 +191,18 @@ class Scheduler:
             if view is None:
                 continue  # a reconcile of a slot that had already ended here: not live
             if view.terminal:
-                self._active.pop(slot_id, None)
+                gone = self._active.pop(slot_id, None)
+                if gone is not None:
+                    self._unindex(gone)
                 self._remember(view)
             else:
+                old = self._active.get(slot_id)
+                if old is not None and old.received_at != view.received_at:
+                    self._unindex(old)
+                    old = None
                 self._active[slot_id] = view
+                if old is None:
+                    self._index(view)
         self.metrics.active_slots.set(len(self._active))
         if outbox:
             self._outbox_kick.set()
@@ -294,6 +305,9 @@ class Scheduler:
         cap = self.settings.history_cap
         recent = await self._call(self.journal.history, limit=cap) if cap else []
         self._active = {v.slot_id: v for v in views}
+        self._by_agent = {}
+        for view in views:
+            self._index(view)
         self._history.clear()
         for view in reversed(recent):
             if view.terminal:
@@ -303,8 +317,8 @@ class Scheduler:
         for view in views:
             if view.state is SlotState.dispatching:
                 self._spawn_wake(view, recovering=True)
-        for agent_id in sorted({v.agent_id for v in views if v.state is SlotState.pending}):
-            await self._pump(agent_id, actor=Actor.recovery)
+        pending = sorted({v.agent_id for v in views if v.state is SlotState.pending})
+        await self._pump_many(pending, actor=Actor.recovery)
         await self._refresh_outbox_counts()
         self._outbox_kick.set()
 
@@ -406,8 +420,7 @@ class Scheduler:
         if not requests:
             return
         await self._commit_tolerant(requests)
-        for agent_id in sorted({s.agent_id for s in fresh}):
-            await self._pump(agent_id)
+        await self._pump_many(sorted({s.agent_id for s in fresh}))
 
     def _lateness(self, slot: Slot, now: datetime) -> timedelta | None:
         grace = self.settings.misfire_grace_s
@@ -422,7 +435,7 @@ class Scheduler:
         for agent_id, new_ids in runnable.items():
             winner = new_ids[-1]
             reason = f"superseded by {winner}"
-            older = [v for v in self._active_sorted() if v.agent_id == agent_id]
+            older = self._agent_views(agent_id)
             for view in older:
                 out.append(
                     TransitionRequest(
@@ -440,55 +453,90 @@ class Scheduler:
                 )
         return out
 
-    async def _commit_tolerant(self, requests: Sequence[TransitionRequest]) -> None:
-        """Commit a batch; if one request no longer fits, commit the others one by one."""
+    async def _commit_tolerant(self, requests: Sequence[TransitionRequest]) -> set[str]:
+        """Commit a batch; if one request no longer fits, commit each on its own.
+
+        Returns the slots whose requests committed. On their own, the requests still
+        share the group writer's commits, each failing alone.
+        """
         try:
             await self._commit(requests)
-            return
+            return {r.slot_id for r in requests}
         except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
             log.info("batch did not fit (%s); committing one by one", exc)
-        for request in requests:
-            try:
-                await self._commit([request])
-            except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
-                log.warning("skipped %s of slot %s: %s", request.trigger, request.slot_id, exc)
+        # Tasks are started in order, so the writer takes the requests in order.
+        outcomes = await asyncio.gather(
+            *(self._commit([r]) for r in requests), return_exceptions=True
+        )
+        done: set[str] = set()
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, InvalidTransitionError | AgentBusyError | SlotNotFoundError):
+                log.warning("skipped %s of slot %s: %s", request.trigger, request.slot_id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                done.add(request.slot_id)
+        return done
 
     # -- dispatch ------------------------------------------------------------------------
 
     def _active_sorted(self) -> list[SlotView]:
         return sorted(self._active.values(), key=lambda v: (v.received_at, v.slot_id))
 
+    def _index(self, view: SlotView) -> None:
+        bisect.insort(
+            self._by_agent.setdefault(view.agent_id, []), (view.received_at, view.slot_id)
+        )
+
+    def _unindex(self, view: SlotView) -> None:
+        mine = self._by_agent.get(view.agent_id)
+        if mine is None:
+            return
+        with contextlib.suppress(ValueError):
+            mine.remove((view.received_at, view.slot_id))
+        if not mine:
+            del self._by_agent[view.agent_id]
+
+    def _agent_views(self, agent_id: str) -> list[SlotView]:
+        """The agent's live slots, oldest first: from the per-agent index, no scan."""
+        return [self._active[sid] for _, sid in self._by_agent.get(agent_id, ())]
+
     def _current(self, agent_id: str) -> SlotView | None:
-        for view in self._active.values():
-            if view.agent_id == agent_id and view.state in CURRENT_STATES:
+        for view in self._agent_views(agent_id):
+            if view.state in CURRENT_STATES:
                 return view
         return None
 
     async def _pump(self, agent_id: str, *, actor: Actor = Actor.scheduler) -> None:
         """Dispatch the agent's oldest pending slot if it has no current slot."""
-        if self._stopped.is_set():
+        await self._pump_many([agent_id], actor=actor)
+
+    async def _pump_many(self, agents: Sequence[str], *, actor: Actor = Actor.scheduler) -> None:
+        """Dispatch, in one commit, the oldest pending slot of each idle agent; wake them."""
+        if self._stopped.is_set() or not agents:
             return
         async with self._dispatch_lock:
-            if self._current(agent_id) is not None:
-                return
-            waiting = [
-                v
-                for v in self._active_sorted()
-                if v.agent_id == agent_id and v.state is SlotState.pending
-            ]
-            if not waiting:
-                return
-            view = waiting[0]
-            try:
-                await self._commit(
-                    [TransitionRequest(view.slot_id, Trigger.dispatch, actor, attempt=view.attempt)]
+            requests: list[TransitionRequest] = []
+            for agent_id in agents:
+                if self._current(agent_id) is not None:
+                    continue
+                head = next(
+                    (v for v in self._agent_views(agent_id) if v.state is SlotState.pending),
+                    None,
                 )
-            except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
-                log.warning("could not dispatch slot %s: %s", view.slot_id, exc)
+                if head is not None:
+                    requests.append(
+                        TransitionRequest(
+                            head.slot_id, Trigger.dispatch, actor, attempt=head.attempt
+                        )
+                    )
+            if not requests:
                 return
-            dispatched = self._active.get(view.slot_id)
-        if dispatched is not None:
-            self._spawn_wake(dispatched, recovering=False)
+            done = await self._commit_tolerant(requests)
+            dispatched = [self._active.get(r.slot_id) for r in requests if r.slot_id in done]
+        for view in dispatched:
+            if view is not None and view.state is SlotState.dispatching:
+                self._spawn_wake(view, recovering=False)
 
     def _spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
         task = asyncio.create_task(
