@@ -5,7 +5,8 @@
 
 ``verify`` reads the whole log, so it folds plain rows instead (:func:`fold_rows`: driver
 values, no object per event, nothing decoded) and compares them with the stored rows as
-plain values (:func:`drifted`). Only the slots that differ there are folded again with
+plain values (:func:`drifted`); :data:`PLAIN_EVENT_COLUMNS` and :data:`PLAIN_SLOT_COLUMNS`
+are what it selects. Only the slots that differ there are folded again with
 :func:`project` and compared field by field by :func:`diff`, so a report always speaks in
 typed values. :func:`fold_rows` spells out :func:`project`'s rules on plain values;
 ``tests/test_replay.py`` proves the two folds equal, on the journal's own logs and on
@@ -19,10 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from sqlalchemy import Text, case, type_coerce
+
+from calsched.journal.schema import events, slots
 from calsched.model import TERMINAL_STATES, Event, Slot, SlotView, Trigger
 
 __all__ = [
+    "PLAIN_EVENT_COLUMNS",
     "PLAIN_FIELDS",
+    "PLAIN_SLOT_COLUMNS",
     "Mismatch",
     "diff",
     "drifted",
@@ -47,6 +53,31 @@ PLAIN_FIELDS = (
     "summary",
     "reason",
     "last_seq",
+)
+
+
+# What verify reads: times and JSON as the driver returns them, with no type processing.
+# Only a receive's agent id and payload are folded: other rows leave them NULL, unread.
+_RECEIVED = events.c.kind == Trigger.receive.value
+#: The columns :func:`fold_rows` takes, in its order (filter and order by ``seq``).
+PLAIN_EVENT_COLUMNS = (
+    events.c.seq,
+    events.c.slot_id,
+    events.c.attempt,
+    case((_RECEIVED, events.c.agent_id)),
+    events.c.kind,
+    events.c.state_to,
+    events.c.summary,
+    events.c.reason,
+    case((_RECEIVED, type_coerce(events.c.payload, Text))),
+    type_coerce(events.c.recorded_at, Text),
+)
+#: The ``slots`` columns :func:`drifted` compares, as :data:`PLAIN_FIELDS`.
+PLAIN_SLOT_COLUMNS = tuple(
+    type_coerce(slots.c[name], Text)
+    if name in {"slot", "received_at", "started_at", "updated_at", "resolved_at"}
+    else slots.c[name]
+    for name in PLAIN_FIELDS
 )
 
 
@@ -177,24 +208,26 @@ def drifted(stored: Iterable[Sequence[Any]], folded: Mapping[str, list[Any]]) ->
     """Slot ids whose stored row is not the plain fold, or exists on one side only.
 
     ``stored`` rows hold :data:`PLAIN_FIELDS` as the driver returns them, and ``folded``
-    is :func:`fold_rows`'s result (consumed: its slot payloads are replaced by slots).
+    is :func:`fold_rows`'s result, used up (its views are changed in place).
     Equal driver values make equal typed values, so a slot not listed here has no
     mismatch.
     """
     out: set[str] = set()
-    seen: set[str] = set()
+    get = folded.get
+    matched = 0
     for row in stored:
-        slot_id = row[0]
-        seen.add(slot_id)
-        want = folded.get(slot_id)
+        want = get(row[0])
         if want is None:
-            out.add(slot_id)
+            out.add(row[0])
             continue
+        matched += 1
         want[4] = _slot_of(want[4])
         have, expected = tuple(row), tuple(want)  # as tuples: a driver row's == may be slow
         if have != expected and not _same_decoded(have, expected):
-            out.add(slot_id)
-    out.update(k for k in folded if k not in seen)
+            out.add(row[0])
+        want[0] = None  # matched (cheaper than a set of every stored id)
+    if matched < len(folded):  # slot ids are unique on each side: some were never stored
+        out.update(k for k, want in folded.items() if want[0] is not None)
     return out
 
 
