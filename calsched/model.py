@@ -301,6 +301,13 @@ class HeartbeatResponse(WireModel):
     slots_to_fire: list[Slot] = Field(default_factory=list)
     restart_pending: bool = False
 
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict, each slot as :meth:`Slot.to_wire` writes it."""
+        return {
+            "slots_to_fire": [slot.to_wire() for slot in self.slots_to_fire],
+            "restart_pending": self.restart_pending,
+        }
+
 
 class SlotUpdate(_TimeFields):
     """Body of ``POST /v1/slots/{slot_id}/status``."""

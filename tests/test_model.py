@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -13,6 +14,7 @@ from calsched.errors import InvalidInputError
 from calsched.model import (
     ACTIVE_STATES,
     CURRENT_STATES,
+    DEFAULT_WAKE_OPTIONS,
     REPORTED_STATES,
     TERMINAL_STATES,
     ActiveSlotReport,
@@ -233,6 +235,31 @@ def test_times_serialise_as_rfc3339_utc_with_z() -> None:
         },
     )
     assert update.to_wire()["occurred_at"] == "2026-11-27T22:05:00.250000Z"
+
+
+def test_slot_wire_form_is_stable() -> None:
+    """Slot.to_wire is the protocol's JSON, field for field, also inside a heartbeat
+    response; the journal reads it back with from_stored to an equal slot."""
+    slot = parse(Slot, slot_with(scheduled_at="2026-11-28T00:30:00+02:00"))
+    assert json.dumps(slot.to_wire()) == (
+        '{"id": "s-18", "agent_id": "bob", "title": "Daily report", '
+        '"prompt_text": "Write today\'s report", "scheduled_at": "2026-11-27T22:30:00Z", '
+        '"wake_options": {"override_message": null}}'
+    )
+    response = HeartbeatResponse(slots_to_fire=[slot], restart_pending=True)
+    assert response.to_wire() == {"slots_to_fire": [slot.to_wire()], "restart_pending": True}
+    loud = parse(Slot, slot_with(wake_options={"override_message": "Now!"}))
+    for one in (slot, loud, parse(Slot, slot_with(scheduled_at=..., title=...))):
+        assert Slot.from_stored(one.to_wire()) == one
+
+
+def test_default_wake_options_are_shared() -> None:
+    """Slots without an override share one WakeOptions, parsed or read back."""
+    slot = parse(Slot, slot_with(wake_options=None))
+    assert slot.wake_options is DEFAULT_WAKE_OPTIONS
+    assert parse(Slot, GOOD_SLOT).wake_options is DEFAULT_WAKE_OPTIONS
+    assert Slot.from_stored(slot.to_wire()).wake_options is DEFAULT_WAKE_OPTIONS
+    assert Slot(id="a", agent_id="b").wake_options is DEFAULT_WAKE_OPTIONS
 
 
 def test_naive_scheduled_at_is_taken_as_utc() -> None:

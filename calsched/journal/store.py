@@ -25,13 +25,10 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
-    Text,
-    case,
     delete,
     func,
     insert,
     select,
-    type_coerce,
     update,
 )
 
@@ -39,7 +36,8 @@ from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFound
 from calsched.journal import migrate, statements
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.replay import (
-    PLAIN_FIELDS,
+    PLAIN_EVENT_COLUMNS,
+    PLAIN_SLOT_COLUMNS,
     Change,
     Mismatch,
     change,
@@ -659,8 +657,8 @@ class Journal:
         the report names typed values while a clean journal costs about one raw read.
         """
         mine = events.c.identifier == self.identifier
-        event_rows = select(*_PLAIN_EVENT_COLUMNS).where(mine).order_by(events.c.seq)
-        slot_rows = select(*_PLAIN_SLOT_COLUMNS).where(slots.c.identifier == self.identifier)
+        event_rows = select(*PLAIN_EVENT_COLUMNS).where(mine).order_by(events.c.seq)
+        slot_rows = select(*PLAIN_SLOT_COLUMNS).where(slots.c.identifier == self.identifier)
         with self._read() as conn:
             folded = fold_rows(conn.execute(event_rows.execution_options(yield_per=2000)))
             stale = drifted(conn.execute(slot_rows.execution_options(yield_per=2000)), folded)
@@ -792,28 +790,6 @@ _STATE: dict[str | None, SlotState | None] = {s.value: s for s in SlotState}
 _STATE[None] = None
 _TRIGGER = {t.value: t for t in Trigger}
 _ACTOR = {a.value: a for a in Actor}
-
-# verify's plain reads: times and JSON as the driver returns them, with no type processing.
-# Only a receive's agent id and payload are folded: other rows leave them NULL, unread.
-_RECEIVED = events.c.kind == Trigger.receive.value
-_PLAIN_EVENT_COLUMNS = (
-    events.c.seq,
-    events.c.slot_id,
-    events.c.attempt,
-    case((_RECEIVED, events.c.agent_id)),
-    events.c.kind,
-    events.c.state_to,
-    events.c.summary,
-    events.c.reason,
-    case((_RECEIVED, type_coerce(events.c.payload, Text))),
-    type_coerce(events.c.recorded_at, Text),
-)
-_PLAIN_SLOT_COLUMNS = tuple(
-    type_coerce(slots.c[name], Text)
-    if name in {"slot", "received_at", "started_at", "updated_at", "resolved_at"}
-    else slots.c[name]
-    for name in PLAIN_FIELDS
-)
 
 
 def _view_from_row(row: Mapping[Any, Any]) -> SlotView:
