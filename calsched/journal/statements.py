@@ -13,7 +13,7 @@ Every statement stays parameterised: values only ever travel as bound parameters
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import ClauseElement
 
 from calsched.journal.engine import driver_execute
+from calsched.journal.replay import Change
 from calsched.journal.schema import events, outbox, slots
 
 __all__ = [
@@ -45,16 +46,8 @@ __all__ = [
 
 Processor = Callable[[Any], Any] | None
 
-#: Projection columns a transition may change; receive rewrites the whole row.
-MUTABLE_SLOT_COLUMNS = (
-    "state",
-    "started_at",
-    "updated_at",
-    "resolved_at",
-    "summary",
-    "reason",
-    "last_seq",
-)
+#: Projection columns a transition may change (a Change's fields); receive rewrites the row.
+MUTABLE_SLOT_COLUMNS = tuple(f.name for f in fields(Change))
 _SLOT_COLUMNS = tuple(c.name for c in slots.columns)
 HEAD_COLUMNS = ("state", "attempt", "agent_id", "started_at", "summary", "reason")
 _EVENT_COLUMNS = tuple(c.name for c in events.columns if c.name != "seq")
