@@ -159,8 +159,12 @@ class GroupWriter:
                     break
                 group.append(more)  # type: ignore[arg-type]
             live = [item for item in group if item.runnable()]
-            if live:
+            if not live:
+                continue
+            try:
                 self._commit(live)
+            except Exception:  # a bug here must not leave the journal without a writer
+                log.exception("the journal writer failed on a group of %d writes", len(live))
 
     def _commit(self, group: list[_Item[Any]]) -> None:
         if len(group) == 1:
