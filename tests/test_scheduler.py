@@ -22,7 +22,7 @@ from calsched.errors import (
     StaleSlotError,
 )
 from calsched.journal import Journal
-from calsched.journal.schema import events
+from calsched.journal.schema import events, outbox
 from calsched.model import (
     Slot,
     SlotState,
@@ -524,3 +524,44 @@ async def test_concurrent_tool_calls_commit_together_and_fail_alone(
         **{f"s{i}": SlotState.paused for i in range(1, 40)},
     }
     assert sched.journal.verify() == []
+
+
+async def test_the_retry_schedule_lives_in_the_row_and_grows(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """A backend that keeps failing sees waits that double (with jitter) up to the cap,
+    and a restarted scheduler goes on from the row's tries instead of starting again."""
+    sched = make(outbox_backoff_initial_s=1.0, outbox_backoff_max_s=8.0)
+    await sched.recover()
+    backend.fail_status(BackendUnavailableError("503", status_code=503), times=100)
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    waits: list[float] = []
+    for _ in range(6):
+        (row,) = sched.journal.outbox_rows(slot_id="s1")
+        assert row.delivered_at is None
+        assert row.tries == len(waits) + 1
+        tried_at = utcnow()
+        waits.append((row.next_try_at - tried_at).total_seconds())
+        # Make the row due now, as if its wait had passed, and let one more try happen.
+        with sched.journal.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.id == row.id).values(next_try_at=tried_at))
+        if len(waits) == 3:
+            await sched.stop()
+            sched = make(outbox_backoff_initial_s=1.0, outbox_backoff_max_s=8.0)
+            await sched.recover()  # the restart: the schedule goes on from tries
+        await sched.idle()
+    # Equal jitter: each wait lies in [base / 2, base], base = min(8, 1 * 2**(tries - 1)).
+    for tries, wait in enumerate(waits, start=1):
+        base = min(8.0, 2.0 ** (tries - 1))
+        assert base / 2 - 0.5 <= wait <= base + 0.5, (tries, wait)
+    assert waits[-1] > 2.5  # still growing after the restart, not back to the first wait
+
+
+def test_retry_after_is_honoured_up_to_the_cap(make: Factory) -> None:
+    """Retry-After sets the wait, but never past outbox_backoff_max_s (1e12 included)."""
+    sched = make(outbox_backoff_initial_s=0.5, outbox_backoff_max_s=60.0)
+    assert sched._retry_wait(0, 7.0) == 7.0
+    assert sched._retry_wait(3, 1e12) == 60.0
+    assert sched._retry_wait(3, float("inf")) <= 60.0
+    assert 0.25 <= sched._retry_wait(0, float("nan")) <= 0.5  # unusable: the row's own wait
