@@ -119,7 +119,9 @@ class Scheduler:
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
         self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
         self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
-        self._dispatch_lock = asyncio.Lock()
+        #: Agents a _pump_many call is dispatching for, and those asked for meanwhile.
+        self._pumping: set[str] = set()
+        self._repump: set[str] = set()
         self._wakes: set[asyncio.Task[None]] = set()
         self._deliveries: dict[str, asyncio.Task[bool]] = {}
         self._loops: list[asyncio.Task[None]] = []
@@ -512,12 +514,22 @@ class Scheduler:
         await self._pump_many([agent_id], actor=actor)
 
     async def _pump_many(self, agents: Sequence[str], *, actor: Actor = Actor.scheduler) -> None:
-        """Dispatch, in one commit, the oldest pending slot of each idle agent; wake them."""
-        if self._stopped.is_set() or not agents:
+        """Dispatch, in one commit, the oldest pending slot of each idle agent; wake them.
+
+        An agent is pumped by one call at a time (so two calls cannot dispatch two of its
+        slots), but agents do not wait for each other: a call for an agent already being
+        pumped is remembered, and the running call pumps that agent once more at its end.
+        """
+        if self._stopped.is_set():
             return
-        async with self._dispatch_lock:
+        mine = [a for a in dict.fromkeys(agents) if a not in self._pumping]
+        self._repump.update(a for a in agents if a in self._pumping)
+        if not mine:
+            return
+        self._pumping.update(mine)
+        try:
             requests: list[TransitionRequest] = []
-            for agent_id in agents:
+            for agent_id in mine:
                 if self._current(agent_id) is not None:
                     continue
                 head = next(
@@ -530,13 +542,17 @@ class Scheduler:
                             head.slot_id, Trigger.dispatch, actor, attempt=head.attempt
                         )
                     )
-            if not requests:
-                return
-            done = await self._commit_tolerant(requests)
-            dispatched = [self._active.get(r.slot_id) for r in requests if r.slot_id in done]
-        for view in dispatched:
-            if view is not None and view.state is SlotState.dispatching:
+            done = await self._commit_tolerant(requests) if requests else set()
+        finally:
+            self._pumping.difference_update(mine)
+        for request in requests:
+            view = self._active.get(request.slot_id)
+            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
                 self._spawn_wake(view, recovering=False)
+        again = [a for a in mine if a in self._repump]
+        if again:
+            self._repump.difference_update(again)
+            await self._pump_many(again, actor=actor)
 
     def _spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
         task = asyncio.create_task(

@@ -21,9 +21,10 @@ from calsched.errors import (
     NoActiveSlotError,
     StaleSlotError,
 )
-from calsched.journal import Journal
+from calsched.journal import Journal, TransitionRequest
 from calsched.journal.schema import events, outbox
 from calsched.model import (
+    Actor,
     Slot,
     SlotState,
     Trigger,
@@ -565,3 +566,26 @@ def test_retry_after_is_honoured_up_to_the_cap(make: Factory) -> None:
     assert sched._retry_wait(3, 1e12) == 60.0
     assert sched._retry_wait(3, float("inf")) <= 60.0
     assert 0.25 <= sched._retry_wait(0, float("nan")) <= 0.5  # unusable: the row's own wait
+
+
+async def test_concurrent_pumps_dispatch_one_slot_per_agent(
+    make: Factory, host: InMemoryHost
+) -> None:
+    """Pumps for one agent at once dispatch one of its slots; another agent's goes too."""
+    sched = make()
+    await sched.recover()
+    host.hang_wakes("alice")
+    await sched._commit(
+        [
+            TransitionRequest(s.id, Trigger.receive, Actor.scheduler, slot=s)
+            for s in (slot("s1", "alice"), slot("s2", "alice"), slot("s3", "bob"))
+        ]
+    )  # received, not pumped: every slot is pending
+    await asyncio.gather(*(sched._pump(agent) for agent in ["alice", "alice", "bob", "alice"]))
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states["s1"] is SlotState.dispatching
+    assert states["s2"] is SlotState.pending
+    assert states["s3"] is not SlotState.pending
+    host.heal()
+    await sched.idle()
+    assert sched.journal.verify() == []
