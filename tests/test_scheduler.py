@@ -513,13 +513,13 @@ async def test_concurrent_tool_calls_commit_together_and_fail_alone(
     await sched.start()
     await sched.heartbeat_once()
     await sched.idle()
-    before = sched._writer.groups
+    before = sched._gateway.writer.groups
     calls = [sched.pause(agent, "lunch") for agent in agents[1:]]
     calls.append(sched.resume(agents[0]))  # in progress, not paused: refused
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(results[-1], InvalidTransitionError)
     assert all(r.state is SlotState.paused for r in results[:-1])  # type: ignore[union-attr]
-    assert sched._writer.groups - before < len(calls)  # some calls shared a commit
+    assert sched._gateway.writer.groups - before < len(calls)  # some calls shared a commit
     assert {v.slot_id: v.state for v in sched.active()} == {
         "s0": SlotState.in_progress,
         **{f"s{i}": SlotState.paused for i in range(1, 40)},
@@ -562,10 +562,10 @@ async def test_the_retry_schedule_lives_in_the_row_and_grows(
 def test_retry_after_is_honoured_up_to_the_cap(make: Factory) -> None:
     """Retry-After sets the wait, but never past outbox_backoff_max_s (1e12 included)."""
     sched = make(outbox_backoff_initial_s=0.5, outbox_backoff_max_s=60.0)
-    assert sched._retry_wait(0, 7.0) == 7.0
-    assert sched._retry_wait(3, 1e12) == 60.0
-    assert sched._retry_wait(3, float("inf")) <= 60.0
-    assert 0.25 <= sched._retry_wait(0, float("nan")) <= 0.5  # unusable: the row's own wait
+    assert sched._outbox.retry_wait(0, 7.0) == 7.0
+    assert sched._outbox.retry_wait(3, 1e12) == 60.0
+    assert sched._outbox.retry_wait(3, float("inf")) <= 60.0
+    assert 0.25 <= sched._outbox.retry_wait(0, float("nan")) <= 0.5  # unusable: the row's own wait
 
 
 async def test_concurrent_pumps_dispatch_one_slot_per_agent(
@@ -575,7 +575,7 @@ async def test_concurrent_pumps_dispatch_one_slot_per_agent(
     sched = make()
     await sched.recover()
     host.hang_wakes("alice")
-    await sched._commit(
+    await sched._gateway.commit(
         [
             TransitionRequest(s.id, Trigger.receive, Actor.scheduler, slot=s)
             for s in (slot("s1", "alice"), slot("s2", "alice"), slot("s3", "bob"))

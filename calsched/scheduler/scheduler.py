@@ -1,13 +1,15 @@
-"""The scheduler: heartbeat, dispatch, the agents' tools, outbox delivery, recovery.
+"""The scheduler: heartbeat, intake, dispatch and wakes, the agents' tools, recovery.
 
 It is the seed's ``Scheduler`` made durable. Every decision becomes a
-:class:`~calsched.journal.TransitionRequest`; :meth:`Scheduler._commit` is the one place
-that reaches the journal (a single writer thread, so the event loop never blocks on a
-commit), and effects (wakes, backend calls) only happen after the commit returned.
+:class:`~calsched.journal.TransitionRequest`; the :class:`JournalGateway` is the one way
+to the journal (group commit on a writer thread, so the event loop never blocks on a
+commit), and effects (wakes, backend calls) only happen after the commit returned. The
+:class:`OutboxWorker` tells the backend.
 
-The live view (``_active``) holds the non-terminal slots. It is updated from the committed
-events themselves, in a done-callback of the commit future, so it equals the replay of
-the journal even when the task that asked for the commit was cancelled meanwhile.
+The live view (``_active``, with a per-agent index) holds the non-terminal slots. It
+changes only in :meth:`Scheduler._absorb`, which the gateway calls with every committed
+:class:`~calsched.journal.store.Applied` from a done-callback of the commit, so it equals
+the replay of the journal even when the task that asked for the commit was cancelled.
 
 Named seams for the crash harness (DESIGN.md "What comes after the core"): the
 ``failpoint`` hook given to the constructor is called with ``after_commit``,
@@ -21,22 +23,16 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import math
-import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 from calsched.errors import (
     AgentBusyError,
-    BackendConflictError,
     BackendError,
     BackendRefusedError,
-    BackendRejectedError,
-    BackendUnavailableError,
     ConfigError,
     InvalidTransitionError,
     NoActiveSlotError,
@@ -44,9 +40,8 @@ from calsched.errors import (
     StaleSlotError,
     WakeFailedError,
 )
-from calsched.journal import Journal, OutboxRow, TransitionRequest
-from calsched.journal.store import Applied, OutboxCounts, notifies_backend
-from calsched.journal.writer import GroupWriter, Work
+from calsched.journal import Journal, TransitionRequest
+from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import (
     CURRENT_STATES,
@@ -57,13 +52,14 @@ from calsched.model import (
     PluginInfo,
     Slot,
     SlotState,
-    SlotUpdate,
     SlotView,
     Trigger,
     format_time,
     utcnow,
 )
 from calsched.ports import Backend, Host, RunningProbe, WakeRequest
+from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.outbox import OutboxWorker, no_answer
 from calsched.settings import QueuePolicy, SchedulerSettings
 
 __all__ = ["FAILPOINTS", "Scheduler"]
@@ -110,9 +106,19 @@ class Scheduler:
         self.host = host
         self.metrics = metrics or Metrics()
         self._clock = clock
-        self._writer = GroupWriter(journal.engine)
-        # Reads never queue behind the writer; WAL lets them run beside a commit.
-        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
+        self._gateway = JournalGateway(
+            journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
+        )
+        self._outbox = OutboxWorker(
+            settings,
+            self._gateway,
+            backend,
+            metrics=self.metrics,
+            clock=clock,
+            report_key=self._set_key_refused,
+            reconciled=self._pump,
+            failpoint=failpoint,
+        )
         self._active: dict[str, SlotView] = {}
         #: Agent -> its live slots as (received_at, slot_id), oldest first.
         self._by_agent: dict[str, list[tuple[datetime, str]]] = {}
@@ -123,15 +129,8 @@ class Scheduler:
         self._pumping: set[str] = set()
         self._repump: set[str] = set()
         self._wakes: set[asyncio.Task[None]] = set()
-        self._deliveries: dict[str, asyncio.Task[bool]] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self._outbox_kick = asyncio.Event()
-        self._pass_lock = asyncio.Lock()
-        #: Slot -> the last row whose delivery finished during the current outbox read.
-        self._finished: dict[str, int] = {}
-        self._counts_at = float("-inf")
         self._stopped = asyncio.Event()
-        self._outbox_counts = OutboxCounts(pending=0, dead=0)
         self._last_heartbeat: datetime | None = None
         self._last_ok: datetime | None = None
         self._last_error: str | None = None
@@ -141,45 +140,7 @@ class Scheduler:
         self.restart_requested = asyncio.Event()
         self._started = False
 
-    # -- the one way to the journal ------------------------------------------------------
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a journal read on a reader thread; never on the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, partial(fn, *args, **kwargs))
-
-    async def _write(self, work: Work[T]) -> T:
-        """Run a journal write through the group writer; return once it committed."""
-        # A cancelled caller must not turn a commit into an unknown outcome: the writer
-        # finishes either way, and shield lets the result land.
-        return await asyncio.shield(self._submit(work))
-
-    def _submit(self, work: Work[T]) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[T] = loop.create_future()
-        self._writer.submit_waiter(work, waiter, loop.call_soon_threadsafe)
-        return waiter
-
-    async def _commit(self, requests: Sequence[TransitionRequest]) -> Applied:
-        """Commit transitions in one transaction; the live view takes their projection."""
-        return await self._commit_work(partial(self.journal.apply_in, requests=list(requests)))
-
-    async def _commit_work(self, work: Work[Applied]) -> Applied:
-        """The only way a change reaches the live view: from a committed :class:`Applied`.
-
-        The view is updated in a done-callback, so it equals the journal even when the
-        task that asked for the commit is cancelled while the commit is in flight.
-        """
-        future = self._submit(work)
-        future.add_done_callback(self._absorb_result)
-        applied = await asyncio.shield(future)
-        self._failpoint("after_commit")
-        return applied
-
-    def _absorb_result(self, future: asyncio.Future[Applied]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        self._absorb(future.result())
+    # -- the live view ------------------------------------------------------------------
 
     def _absorb(self, applied: Applied) -> None:
         """Take committed views into the live view, history and metrics."""
@@ -207,7 +168,7 @@ class Scheduler:
                     self._index(view)
         self.metrics.active_slots.set(len(self._active))
         if outbox:
-            self._outbox_kick.set()
+            self._outbox.kick()
 
     def _remember(self, view: SlotView) -> None:
         self._history.append(
@@ -231,7 +192,7 @@ class Scheduler:
         await self.recover()
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="calsched-heartbeat"),
-            asyncio.create_task(self._outbox_loop(), name="calsched-outbox"),
+            asyncio.create_task(self._outbox.run(), name="calsched-outbox"),
         ]
 
     async def run(self) -> None:
@@ -259,10 +220,9 @@ class Scheduler:
         self._loops = []
         await self._drain(self._wakes, deadline)
         with contextlib.suppress(Exception):
-            await self._flush_outbox(deadline)
-        await self._drain(set(self._deliveries.values()), deadline)
-        await asyncio.to_thread(self._writer.close)
-        await asyncio.to_thread(self._reader.shutdown, True)
+            await self._outbox.flush(deadline)
+        await self._drain(self._outbox.deliveries, deadline)
+        await self._gateway.close()
 
     async def _drain(self, tasks: Iterable[asyncio.Task[Any]], deadline: float) -> None:
         pending = {t for t in tasks if not t.done()}
@@ -285,14 +245,14 @@ class Scheduler:
             if self._wakes:
                 await asyncio.wait(set(self._wakes))
                 continue
-            started = await self._outbox_pass()
-            if self._deliveries:
-                await asyncio.wait(set(self._deliveries.values()))
+            started = await self._outbox.pass_once()
+            if self._outbox.deliveries:
+                await asyncio.wait(self._outbox.deliveries)
                 continue
             if started:
                 continue  # they finished already: their slots' next rows may be due
             if not self._wakes:
-                await self._refresh_outbox_counts()
+                await self._outbox.refresh_counts()
                 return
 
     # -- recovery ------------------------------------------------------------------------
@@ -303,9 +263,9 @@ class Scheduler:
         ``in_progress`` and ``paused`` slots are restored silently; undelivered outbox rows
         are picked up by the outbox worker. Only live slots are read, never the history.
         """
-        views = await self._call(self.journal.load_active)
+        views = await self._gateway.read(self.journal.load_active)
         cap = self.settings.history_cap
-        recent = await self._call(self.journal.history, limit=cap) if cap else []
+        recent = await self._gateway.read(self.journal.history, limit=cap) if cap else []
         self._active = {v.slot_id: v for v in views}
         self._by_agent = {}
         for view in views:
@@ -321,8 +281,8 @@ class Scheduler:
                 self._spawn_wake(view, recovering=True)
         pending = sorted({v.agent_id for v in views if v.state is SlotState.pending})
         await self._pump_many(pending, actor=Actor.recovery)
-        await self._refresh_outbox_counts()
-        self._outbox_kick.set()
+        await self._outbox.refresh_counts()
+        self._outbox.kick()
 
     # -- heartbeat -----------------------------------------------------------------------
 
@@ -360,7 +320,11 @@ class Scheduler:
             async with asyncio.timeout(self.settings.backend_deadline_s):
                 response, rejected = await self.backend.heartbeat(request)
         except (BackendError, TimeoutError) as caught:
-            exc = self._no_answer() if isinstance(caught, TimeoutError) else caught
+            exc = (
+                no_answer(self.settings.backend_deadline_s)
+                if isinstance(caught, TimeoutError)
+                else caught
+            )
             self.metrics.heartbeats.labels("failed").inc()
             self._last_error = str(exc)
             if isinstance(exc, BackendRefusedError):
@@ -394,7 +358,7 @@ class Scheduler:
         fresh = [s for s in unique.values() if s.id not in self._active]
         if not fresh:
             return
-        known = await self._call(self.journal.get_many, [s.id for s in fresh])
+        known = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
         now = self._clock()
         requests: list[TransitionRequest] = []
         runnable: dict[str, list[str]] = {}  # agent -> new slots that will want a wake
@@ -403,7 +367,7 @@ class Scheduler:
             if seen is not None and not seen.terminal:
                 continue  # journaled but not in the live view: a concurrent intake has it
             if seen is not None:
-                settled = await self._call(self.journal.terminal_settled_at, slot.id)
+                settled = await self._gateway.read(self.journal.terminal_settled_at, slot.id)
                 # Re-listed before the backend heard the end, or by a beat that crossed the
                 # acknowledgement: stale. Only a beat sent after the ack starts a new attempt.
                 if settled is None or sent_at <= settled:
@@ -462,13 +426,13 @@ class Scheduler:
         share the group writer's commits, each failing alone.
         """
         try:
-            await self._commit(requests)
+            await self._gateway.commit(requests)
             return {r.slot_id for r in requests}
         except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
             log.info("batch did not fit (%s); committing one by one", exc)
         # Tasks are started in order, so the writer takes the requests in order.
         outcomes = await asyncio.gather(
-            *(self._commit([r]) for r in requests), return_exceptions=True
+            *(self._gateway.commit([r]) for r in requests), return_exceptions=True
         )
         done: set[str] = set()
         for request, outcome in zip(requests, outcomes, strict=True):
@@ -609,7 +573,7 @@ class Scheduler:
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
     ) -> None:
         try:
-            await self._commit(
+            await self._gateway.commit(
                 [
                     TransitionRequest(
                         view.slot_id, trigger, actor, reason=reason, attempt=view.attempt
@@ -666,7 +630,7 @@ class Scheduler:
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:
             raise NoActiveSlotError(agent_id)
-        applied = await self._commit(
+        applied = await self._gateway.commit(
             [
                 TransitionRequest(
                     current.slot_id,
@@ -685,6 +649,9 @@ class Scheduler:
         return after
 
     # -- status --------------------------------------------------------------------------
+
+    def _set_key_refused(self, refused: bool) -> None:
+        self._key_refused = refused
 
     @property
     def restart_pending(self) -> bool:
@@ -709,163 +676,9 @@ class Scheduler:
             },
             "active": [v.to_wire() for v in self._active_sorted()],
             "history": list(self._history)[::-1],
-            "outbox": {"pending": self._outbox_counts.pending, "dead": self._outbox_counts.dead},
+            "outbox": {"pending": self._outbox.counts.pending, "dead": self._outbox.counts.dead},
             "restart_pending": self._restart_pending,
         }
-
-    # -- outbox --------------------------------------------------------------------------
-
-    async def _refresh_outbox_counts(self) -> None:
-        self._outbox_counts = await self._call(self.journal.outbox_counts)
-        self.metrics.outbox_pending.set(self._outbox_counts.pending)
-        self.metrics.outbox_dead.set(self._outbox_counts.dead)
-
-    async def _outbox_loop(self) -> None:
-        while True:
-            try:
-                await self._outbox_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a journal hiccup must not end delivery for good
-                log.exception("outbox pass failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.outbox_poll_s):
-                    await self._outbox_kick.wait()
-
-    async def _outbox_pass(self) -> int:
-        """Start a delivery for each slot's due head row; return how many started."""
-        async with self._pass_lock:
-            # Cleared before reading, so a commit during the pass kicks the next one.
-            self._outbox_kick.clear()
-            # This read starts after every delivery finished so far was marked; only the
-            # ones finishing while it runs can make a row it returns stale.
-            self._finished.clear()
-            rows = await self._call(self.journal.due_outbox, self._clock())
-            started = 0
-            for row in rows:
-                if row.slot_id in self._deliveries:
-                    continue  # that slot's head row is already being delivered
-                if row.id <= self._finished.get(row.slot_id, 0):
-                    continue  # delivered (or rescheduled) while we read: a stale row
-                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
-                self._deliveries[row.slot_id] = task
-                task.add_done_callback(partial(self._delivery_done, row.slot_id, row.id))
-                started += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._counts_at >= self.settings.outbox_poll_s:
-            # Counts are for status and metrics: once a poll interval is fresh enough,
-            # and a busy outbox does not pay two count queries per pass.
-            self._counts_at = now
-            await self._refresh_outbox_counts()
-        return started
-
-    def _delivery_done(self, slot_id: str, row_id: int, task: asyncio.Task[bool]) -> None:
-        if self._deliveries.get(slot_id) is task:
-            del self._deliveries[slot_id]
-        self._finished[slot_id] = max(row_id, self._finished.get(slot_id, 0))
-        if task.cancelled() or task.exception() is not None or not task.result():
-            return  # the row could not be marked: the next poll tries it, no kick
-        # The slot's next row (if any) is due now.
-        self._outbox_kick.set()
-
-    async def _flush_outbox(self, deadline: float) -> None:
-        """At shutdown: one more pass over due rows, bounded by ``deadline``."""
-        loop = asyncio.get_running_loop()
-        timeout = max(0.0, deadline - loop.time())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                started = await self._outbox_pass()
-                while started or self._deliveries:
-                    if self._deliveries:
-                        await asyncio.wait(set(self._deliveries.values()))
-                    started = await self._outbox_pass()
-
-    async def _deliver(self, row: OutboxRow) -> bool:
-        """One try at one row. Returns whether the row was marked (delivered, dead, or
-        rescheduled); a row that could not even be marked waits for the next poll.
-
-        The row is its own retry schedule: a failed try sets ``next_try_at`` from the
-        row's ``tries`` (:meth:`_retry_wait`), so the backoff survives a restart and no
-        second schedule runs in memory. Any failure, expected or not, is a failed try.
-        """
-        update = SlotUpdate(
-            identifier=row.identifier,
-            status=row.status,
-            attempt=row.attempt,
-            summary=row.summary,
-            reason=row.reason,
-            occurred_at=row.occurred_at,
-        )
-        try:
-            await self._send(row, update)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            wait = self._retry_wait(row.tries, None)
-            log.error(
-                "delivering outbox row %s failed unexpectedly (%s); next try in %.1fs",
-                row.id,
-                type(exc).__name__,
-                wait,
-            )
-            try:
-                await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
-            except Exception:  # the journal itself may be what failed
-                return False
-        return True
-
-    def _retry_wait(self, tries: int, hint: float | None) -> float:
-        """Seconds until the next try: the backend's ``Retry-After`` if it gave a usable
-        one, else exponential from the row's tries with equal jitter; capped either way."""
-        s = self.settings
-        if hint is not None and math.isfinite(hint) and hint >= 0:
-            return min(hint, s.outbox_backoff_max_s)
-        base = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2.0 ** min(tries, 64))
-        return base / 2 + random.uniform(0, base / 2)
-
-    async def _reschedule(self, row: OutboxRow, wait: float, error: str) -> None:
-        next_try = self._clock() + timedelta(seconds=wait)
-        await self._write(lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error))
-
-    def _no_answer(self) -> BackendUnavailableError:
-        """A backend call cut off by ``backend_deadline_s``, as a passing fault."""
-        return BackendUnavailableError(f"no answer within {self.settings.backend_deadline_s:g}s")
-
-    async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
-        """One try, and the row marked with its outcome."""
-        try:
-            async with asyncio.timeout(self.settings.backend_deadline_s):
-                await self.backend.send_status(row.slot_id, update, row.idempotency_key)
-        except BackendConflictError as exc:
-            held = SlotState(exc.status)
-            reason = exc.reason
-            applied = await self._commit_work(
-                lambda conn: self.journal.settle_conflict_in(conn, row, held, reason)
-            )
-            for event in applied.events:
-                await self._pump(event.agent_id)
-            log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
-            return
-        except BackendRejectedError as exc:
-            await self._mark_dead(row, str(exc))
-            log.error("slot %s: backend cannot take %s: %s", row.slot_id, row.status.value, exc)
-            return
-        except (BackendRefusedError, BackendUnavailableError, TimeoutError) as exc:
-            hint = exc.retry_after if isinstance(exc, BackendUnavailableError) else None
-            self._key_refused = isinstance(exc, BackendRefusedError)
-            if isinstance(exc, TimeoutError):
-                exc = self._no_answer()
-            await self._reschedule(row, self._retry_wait(row.tries, hint), str(exc))
-            return
-        except BackendError as exc:
-            await self._mark_dead(row, str(exc))
-            return
-        self._failpoint("after_outbox_send")
-        self._key_refused = False
-        await self._write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
-
-    async def _mark_dead(self, row: OutboxRow, error: str) -> None:
-        await self._write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
 
 
 def _opt_time(value: datetime | None) -> str | None:

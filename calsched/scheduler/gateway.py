@@ -1,0 +1,87 @@
+"""The journal gateway: the one way the scheduler reaches the journal.
+
+Writes go through the group-committing writer (:mod:`calsched.journal.writer`) and
+return once they committed; reads run on reader threads, never on the event loop; and
+every committed transition reaches the live view through one callback, run in the
+commit's done-callback, so the view equals the journal even when the task that asked
+for the commit is cancelled while it is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from calsched.journal import Journal, TransitionRequest
+from calsched.journal.store import Applied
+from calsched.journal.writer import GroupWriter, Work
+
+__all__ = ["JournalGateway"]
+
+T = TypeVar("T")
+
+
+class JournalGateway:
+    """Reads, writes and commits of one scheduler's journal, off the event loop.
+
+    ``on_applied`` is called on the event loop with every committed :class:`Applied`, in
+    commit order; ``after_commit`` is the crash harness's seam, called once the caller
+    is told.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        on_applied: Callable[[Applied], None],
+        after_commit: Callable[[], None],
+    ) -> None:
+        self.journal = journal
+        self._on_applied = on_applied
+        self._after_commit = after_commit
+        #: The group writer (its ``groups``/``items`` counters show how well it groups).
+        self.writer = GroupWriter(journal.engine)
+        # Reads never queue behind the writer; WAL lets them run beside a commit.
+        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a journal read on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, partial(fn, *args, **kwargs))
+
+    async def write(self, work: Work[T]) -> T:
+        """Run a journal write through the group writer; return once it committed."""
+        # A cancelled caller must not turn a commit into an unknown outcome: the writer
+        # finishes either way, and shield lets the result land.
+        return await asyncio.shield(self._submit(work))
+
+    async def commit(self, requests: Sequence[TransitionRequest]) -> Applied:
+        """Commit transitions in one transaction; the live view takes their projection."""
+        return await self.commit_work(partial(self.journal.apply_in, requests=list(requests)))
+
+    async def commit_work(self, work: Work[Applied]) -> Applied:
+        """Commit ``work``; its :class:`Applied` reaches ``on_applied`` whatever the caller
+        does meanwhile."""
+        future = self._submit(work)
+        future.add_done_callback(self._applied)
+        applied = await asyncio.shield(future)
+        self._after_commit()
+        return applied
+
+    async def close(self) -> None:
+        """Finish the queued writes, then stop the writer and the readers."""
+        await asyncio.to_thread(self.writer.close)
+        await asyncio.to_thread(self._reader.shutdown, True)
+
+    def _submit(self, work: Work[T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self.writer.submit_waiter(work, waiter, loop.call_soon_threadsafe)
+        return waiter
+
+    def _applied(self, future: asyncio.Future[Applied]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._on_applied(future.result())

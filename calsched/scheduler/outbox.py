@@ -1,0 +1,243 @@
+"""The outbox worker: tells the backend every journaled change, in order, once it committed.
+
+It delivers the oldest undelivered row of each slot, one try per due row. The row is its
+own retry schedule: a failed try sets ``next_try_at`` from the row's ``tries``
+(exponential, with equal jitter, capped at ``outbox_backoff_max_s``; ``Retry-After`` up to
+the same cap), so the backoff survives a restart and no second schedule runs in memory.
+Any failure, expected or not, is a failed try; a row that cannot even be marked waits for
+the next poll. A 409 reconciles the slot to the backend's status through the journal
+gateway, like every other change of the live view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from functools import partial
+
+from calsched.errors import (
+    BackendConflictError,
+    BackendError,
+    BackendRefusedError,
+    BackendRejectedError,
+    BackendUnavailableError,
+)
+from calsched.journal import Journal, OutboxRow
+from calsched.journal.store import OutboxCounts
+from calsched.metrics import Metrics
+from calsched.model import SlotState, SlotUpdate
+from calsched.ports import Backend
+from calsched.scheduler.gateway import JournalGateway
+from calsched.settings import SchedulerSettings
+
+__all__ = ["OutboxWorker", "no_answer"]
+
+log = logging.getLogger("calsched.scheduler")
+
+
+def no_answer(deadline_s: float) -> BackendUnavailableError:
+    """A backend call cut off by its deadline, as a passing fault."""
+    return BackendUnavailableError(f"no answer within {deadline_s:g}s")
+
+
+class OutboxWorker:
+    """Delivers the outbox of one scheduler's journal.
+
+    ``report_key`` hears whether the backend refused the key (for status);
+    ``reconciled`` is awaited with the agent of a slot a 409 reconciled (so its next
+    slot can start); ``failpoint`` is the crash harness's seam (``after_outbox_send``).
+    """
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        gateway: JournalGateway,
+        backend: Backend,
+        *,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        report_key: Callable[[bool], None],
+        reconciled: Callable[[str], Awaitable[None]],
+        failpoint: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self._gateway = gateway
+        self.journal: Journal = gateway.journal
+        self.backend = backend
+        self.metrics = metrics
+        self._clock = clock
+        self._report_key = report_key
+        self._reconciled = reconciled
+        self._failpoint = failpoint
+        #: The last counts read: rows waiting, and dead-lettered.
+        self.counts = OutboxCounts(pending=0, dead=0)
+        self._kick = asyncio.Event()
+        self._deliveries: dict[str, asyncio.Task[bool]] = {}
+        self._pass_lock = asyncio.Lock()
+        #: Slot -> the last row whose delivery finished during the current outbox read.
+        self._finished: dict[str, int] = {}
+        self._counts_at = float("-inf")
+
+    def kick(self) -> None:
+        """Something new is due: pass now rather than at the next poll."""
+        self._kick.set()
+
+    @property
+    def deliveries(self) -> list[asyncio.Task[bool]]:
+        """The deliveries in flight."""
+        return list(self._deliveries.values())
+
+    async def refresh_counts(self) -> None:
+        self.counts = await self._gateway.read(self.journal.outbox_counts)
+        self.metrics.outbox_pending.set(self.counts.pending)
+        self.metrics.outbox_dead.set(self.counts.dead)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a journal hiccup must not end delivery for good
+                log.exception("outbox pass failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.outbox_poll_s):
+                    await self._kick.wait()
+
+    async def pass_once(self) -> int:
+        """Start a delivery for each slot's due head row; return how many started."""
+        async with self._pass_lock:
+            # Cleared before reading, so a commit during the pass kicks the next one.
+            self._kick.clear()
+            # This read starts after every delivery finished so far was marked; only the
+            # ones finishing while it runs can make a row it returns stale.
+            self._finished.clear()
+            rows = await self._gateway.read(self.journal.due_outbox, self._clock())
+            started = 0
+            for row in rows:
+                if row.slot_id in self._deliveries:
+                    continue  # that slot's head row is already being delivered
+                if row.id <= self._finished.get(row.slot_id, 0):
+                    continue  # delivered (or rescheduled) while we read: a stale row
+                task = asyncio.create_task(self._deliver(row), name=f"deliver-{row.id}")
+                self._deliveries[row.slot_id] = task
+                task.add_done_callback(partial(self._delivery_done, row.slot_id, row.id))
+                started += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._counts_at >= self.settings.outbox_poll_s:
+            # Counts are for status and metrics: once a poll interval is fresh enough,
+            # and a busy outbox does not pay two count queries per pass.
+            self._counts_at = now
+            await self.refresh_counts()
+        return started
+
+    def _delivery_done(self, slot_id: str, row_id: int, task: asyncio.Task[bool]) -> None:
+        if self._deliveries.get(slot_id) is task:
+            del self._deliveries[slot_id]
+        self._finished[slot_id] = max(row_id, self._finished.get(slot_id, 0))
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return  # the row could not be marked: the next poll tries it, no kick
+        # The slot's next row (if any) is due now.
+        self._kick.set()
+
+    async def flush(self, deadline: float) -> None:
+        """At shutdown: one more pass over due rows, bounded by ``deadline``."""
+        loop = asyncio.get_running_loop()
+        timeout = max(0.0, deadline - loop.time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                started = await self.pass_once()
+                while started or self._deliveries:
+                    if self._deliveries:
+                        await asyncio.wait(set(self._deliveries.values()))
+                    started = await self.pass_once()
+
+    async def _deliver(self, row: OutboxRow) -> bool:
+        """One try at one row. Returns whether the row was marked (delivered, dead, or
+        rescheduled); a row that could not even be marked waits for the next poll.
+
+        The row is its own retry schedule: a failed try sets ``next_try_at`` from the
+        row's ``tries`` (:meth:`retry_wait`), so the backoff survives a restart and no
+        second schedule runs in memory. Any failure, expected or not, is a failed try.
+        """
+        update = SlotUpdate(
+            identifier=row.identifier,
+            status=row.status,
+            attempt=row.attempt,
+            summary=row.summary,
+            reason=row.reason,
+            occurred_at=row.occurred_at,
+        )
+        try:
+            await self._send(row, update)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            wait = self.retry_wait(row.tries, None)
+            log.error(
+                "delivering outbox row %s failed unexpectedly (%s); next try in %.1fs",
+                row.id,
+                type(exc).__name__,
+                wait,
+            )
+            try:
+                await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
+            except Exception:  # the journal itself may be what failed
+                return False
+        return True
+
+    def retry_wait(self, tries: int, hint: float | None) -> float:
+        """Seconds until the next try: the backend's ``Retry-After`` if it gave a usable
+        one, else exponential from the row's tries with equal jitter; capped either way."""
+        s = self.settings
+        if hint is not None and math.isfinite(hint) and hint >= 0:
+            return min(hint, s.outbox_backoff_max_s)
+        base = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2.0 ** min(tries, 64))
+        return base / 2 + random.uniform(0, base / 2)
+
+    async def _reschedule(self, row: OutboxRow, wait: float, error: str) -> None:
+        next_try = self._clock() + timedelta(seconds=wait)
+        await self._gateway.write(
+            lambda conn: self.journal.mark_retry_in(conn, row.id, next_try, error)
+        )
+
+    async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
+        """One try, and the row marked with its outcome."""
+        try:
+            async with asyncio.timeout(self.settings.backend_deadline_s):
+                await self.backend.send_status(row.slot_id, update, row.idempotency_key)
+        except BackendConflictError as exc:
+            held = SlotState(exc.status)
+            reason = exc.reason
+            applied = await self._gateway.commit_work(
+                lambda conn: self.journal.settle_conflict_in(conn, row, held, reason)
+            )
+            for event in applied.events:
+                await self._reconciled(event.agent_id)
+            log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
+            return
+        except BackendRejectedError as exc:
+            await self._mark_dead(row, str(exc))
+            log.error("slot %s: backend cannot take %s: %s", row.slot_id, row.status.value, exc)
+            return
+        except (BackendRefusedError, BackendUnavailableError, TimeoutError) as exc:
+            hint = exc.retry_after if isinstance(exc, BackendUnavailableError) else None
+            self._report_key(isinstance(exc, BackendRefusedError))
+            if isinstance(exc, TimeoutError):
+                exc = no_answer(self.settings.backend_deadline_s)
+            await self._reschedule(row, self.retry_wait(row.tries, hint), str(exc))
+            return
+        except BackendError as exc:
+            await self._mark_dead(row, str(exc))
+            return
+        self._failpoint("after_outbox_send")
+        self._report_key(False)
+        await self._gateway.write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
+
+    async def _mark_dead(self, row: OutboxRow, error: str) -> None:
+        await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
