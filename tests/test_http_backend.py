@@ -167,7 +167,15 @@ async def test_conflict_carries_the_held_status_and_reason(make_backend: Any) ->
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"not json", b'{"status": "in_progress"}', b'["completed"]', b'{"reason": "x"}'],
+    [
+        b"",
+        b"not json",
+        b'{"status": "in_progress"}',
+        b'["completed"]',
+        b'{"reason": "x"}',
+        b"[" * 100_000,  # too deep for Python's parser: still a rejection, not a crash
+    ],
+    ids=["empty", "not-json", "not-terminal", "a-list", "no-status", "too-deep"],
 )
 async def test_conflict_without_a_terminal_body_is_a_rejection(
     make_backend: Any, body: bytes
@@ -475,3 +483,10 @@ async def _call(backend: HttpBackend, call: str) -> None:
         await backend.heartbeat(beat())
     else:
         await backend.send_status("s1", completed(), "k")
+
+
+async def test_a_heartbeat_answer_too_deep_to_parse_is_a_backend_error(make_backend: Any) -> None:
+    """100,000 nested brackets are a BackendError naming the cause, not a RecursionError."""
+    backend = make_backend(Recorder(httpx.Response(200, content=b"[" * 100_000)))
+    with pytest.raises(BackendError, match=r"not JSON.*RecursionError"):
+        await backend.heartbeat(beat())

@@ -589,3 +589,21 @@ async def test_concurrent_pumps_dispatch_one_slot_per_agent(
     host.heal()
     await sched.idle()
     assert sched.journal.verify() == []
+
+
+async def test_a_huge_retry_after_waits_the_cap_and_posts_no_more(
+    make: Factory, backend: InMemoryBackend
+) -> None:
+    """Retry-After: 1e12 once crashed the retry into a hot loop; now it waits the cap."""
+    sched = make(outbox_backoff_max_s=60.0)
+    await sched.recover()
+    backend.fail_status(BackendUnavailableError("503", status_code=503, retry_after=1e12))
+    backend.to_fire = [slot("s1")]
+    await beat(sched)
+    for _ in range(5):
+        await sched.idle()
+    (row,) = sched.journal.outbox_rows(slot_id="s1")
+    assert row.tries == 1  # one post, then it waits
+    assert row.delivered_at is None
+    wait = (row.next_try_at - utcnow()).total_seconds()
+    assert 55 <= wait <= 60

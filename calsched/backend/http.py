@@ -218,7 +218,7 @@ class HttpBackend:
             )
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise BackendError(
                 f"{what}: the answer is not JSON ({type(exc).__name__} at {_where(exc)})",
                 status_code=status,
@@ -346,11 +346,13 @@ class HttpBackend:
         return None if self._api_key in str(exc) else exc
 
 
-def _where(exc: ValueError) -> str:
+def _where(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"char {exc.pos}"
     if isinstance(exc, UnicodeDecodeError):
         return f"byte {exc.start}"
+    if isinstance(exc, RecursionError):
+        return "a depth Python cannot parse"
     return "?"
 
 
@@ -358,8 +360,8 @@ def _conflict_body(body: bytes) -> tuple[str, str | None] | None:
     """``(status, reason)`` from a 409 body, or ``None`` if it is not the protocol's."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None  # too deep to parse is not the protocol's body either
     if not isinstance(data, dict):
         return None
     status = data.get("status")
