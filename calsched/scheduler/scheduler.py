@@ -6,7 +6,7 @@ to the journal (group commit on a writer thread, so the event loop never blocks 
 commit), and effects (wakes, backend calls) only happen after the commit returned. The
 :class:`OutboxWorker` tells the backend.
 
-The live view (``_active``, with a per-agent index) holds the non-terminal slots. It
+The live view (:class:`LiveView`, indexed by agent) holds the non-terminal slots. It
 changes only in :meth:`Scheduler._absorb`, which the gateway calls with every committed
 :class:`~calsched.journal.store.Applied` from a done-callback of the commit, so it equals
 the replay of the journal even when the task that asked for the commit was cancelled.
@@ -20,7 +20,6 @@ process there.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 from collections import deque
@@ -44,7 +43,6 @@ from calsched.journal import Journal, TransitionRequest
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import (
-    CURRENT_STATES,
     ActiveSlotReport,
     Actor,
     AgentReport,
@@ -59,6 +57,7 @@ from calsched.model import (
 )
 from calsched.ports import Backend, Host, RunningProbe, WakeRequest
 from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker, no_answer
 from calsched.settings import QueuePolicy, SchedulerSettings
 
@@ -119,9 +118,7 @@ class Scheduler:
             reconciled=self._pump,
             failpoint=failpoint,
         )
-        self._active: dict[str, SlotView] = {}
-        #: Agent -> its live slots as (received_at, slot_id), oldest first.
-        self._by_agent: dict[str, list[tuple[datetime, str]]] = {}
+        self._live = LiveView()
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
         self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
         self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
@@ -149,24 +146,9 @@ class Scheduler:
             self.metrics.transitions.labels(event.kind.value).inc()
             if notifies_backend(event.kind, event.state_to):
                 outbox = True
-        for slot_id in applied.after:
-            view = applied.view(slot_id, self._active.get(slot_id))
-            if view is None:
-                continue  # a reconcile of a slot that had already ended here: not live
-            if view.terminal:
-                gone = self._active.pop(slot_id, None)
-                if gone is not None:
-                    self._unindex(gone)
-                self._remember(view)
-            else:
-                old = self._active.get(slot_id)
-                if old is not None and old.received_at != view.received_at:
-                    self._unindex(old)
-                    old = None
-                self._active[slot_id] = view
-                if old is None:
-                    self._index(view)
-        self.metrics.active_slots.set(len(self._active))
+        for view in self._live.absorb(applied):
+            self._remember(view)
+        self.metrics.active_slots.set(len(self._live))
         if outbox:
             self._outbox.kick()
 
@@ -266,15 +248,12 @@ class Scheduler:
         views = await self._gateway.read(self.journal.load_active)
         cap = self.settings.history_cap
         recent = await self._gateway.read(self.journal.history, limit=cap) if cap else []
-        self._active = {v.slot_id: v for v in views}
-        self._by_agent = {}
-        for view in views:
-            self._index(view)
+        self._live.load(views)
         self._history.clear()
         for view in reversed(recent):
             if view.terminal:
                 self._remember(view)
-        self.metrics.active_slots.set(len(self._active))
+        self.metrics.active_slots.set(len(self._live))
         self._failpoint("during_recovery")
         for view in views:
             if view.state is SlotState.dispatching:
@@ -312,7 +291,7 @@ class Scheduler:
                 ActiveSlotReport(
                     id=v.slot_id, agent_id=v.agent_id, state=v.state, attempt=v.attempt
                 )
-                for v in self._active_sorted()
+                for v in self._live.sorted()
             ],
         )
         self._last_heartbeat = sent_at
@@ -355,7 +334,7 @@ class Scheduler:
         unique: dict[str, Slot] = {}
         for slot in listed:
             unique.setdefault(slot.id, slot)
-        fresh = [s for s in unique.values() if s.id not in self._active]
+        fresh = [s for s in unique.values() if s.id not in self._live]
         if not fresh:
             return
         known = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
@@ -401,7 +380,7 @@ class Scheduler:
         for agent_id, new_ids in runnable.items():
             winner = new_ids[-1]
             reason = f"superseded by {winner}"
-            older = self._agent_views(agent_id)
+            older = self._live.of_agent(agent_id)
             for view in older:
                 out.append(
                     TransitionRequest(
@@ -446,33 +425,6 @@ class Scheduler:
 
     # -- dispatch ------------------------------------------------------------------------
 
-    def _active_sorted(self) -> list[SlotView]:
-        return sorted(self._active.values(), key=lambda v: (v.received_at, v.slot_id))
-
-    def _index(self, view: SlotView) -> None:
-        bisect.insort(
-            self._by_agent.setdefault(view.agent_id, []), (view.received_at, view.slot_id)
-        )
-
-    def _unindex(self, view: SlotView) -> None:
-        mine = self._by_agent.get(view.agent_id)
-        if mine is None:
-            return
-        with contextlib.suppress(ValueError):
-            mine.remove((view.received_at, view.slot_id))
-        if not mine:
-            del self._by_agent[view.agent_id]
-
-    def _agent_views(self, agent_id: str) -> list[SlotView]:
-        """The agent's live slots, oldest first: from the per-agent index, no scan."""
-        return [self._active[sid] for _, sid in self._by_agent.get(agent_id, ())]
-
-    def _current(self, agent_id: str) -> SlotView | None:
-        for view in self._agent_views(agent_id):
-            if view.state in CURRENT_STATES:
-                return view
-        return None
-
     async def _pump(self, agent_id: str, *, actor: Actor = Actor.scheduler) -> None:
         """Dispatch the agent's oldest pending slot if it has no current slot."""
         await self._pump_many([agent_id], actor=actor)
@@ -494,12 +446,9 @@ class Scheduler:
         try:
             requests: list[TransitionRequest] = []
             for agent_id in mine:
-                if self._current(agent_id) is not None:
+                if self._live.current(agent_id) is not None:
                     continue
-                head = next(
-                    (v for v in self._agent_views(agent_id) if v.state is SlotState.pending),
-                    None,
-                )
+                head = self._live.next_pending(agent_id)
                 if head is not None:
                     requests.append(
                         TransitionRequest(
@@ -510,7 +459,7 @@ class Scheduler:
         finally:
             self._pumping.difference_update(mine)
         for request in requests:
-            view = self._active.get(request.slot_id)
+            view = self._live.get(request.slot_id)
             if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
                 self._spawn_wake(view, recovering=False)
         again = [a for a in mine if a in self._repump]
@@ -588,7 +537,7 @@ class Scheduler:
 
     async def current_slot(self, agent_id: str) -> SlotView:
         """The agent's current slot; :class:`NoActiveSlotError` if it has none."""
-        current = self._current(agent_id)
+        current = self._live.current(agent_id)
         if current is None:
             raise NoActiveSlotError(agent_id)
         return current
@@ -625,7 +574,7 @@ class Scheduler:
         reason: str | None = None,
         actor: Actor = Actor.agent,
     ) -> SlotView:
-        current = self._current(agent_id)
+        current = self._live.current(agent_id)
         if slot_id is not None and (current is None or current.slot_id != slot_id):
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:
@@ -660,7 +609,7 @@ class Scheduler:
 
     def active(self) -> list[SlotView]:
         """The live view: every non-terminal slot, oldest first."""
-        return self._active_sorted()
+        return self._live.sorted()
 
     def status(self) -> dict[str, Any]:
         """The scheduler status in the protocol's shape (section 2), JSON-ready."""
@@ -674,7 +623,7 @@ class Scheduler:
                 "last_error": self._last_error,
                 "key_refused": self._key_refused,
             },
-            "active": [v.to_wire() for v in self._active_sorted()],
+            "active": [v.to_wire() for v in self._live.sorted()],
             "history": list(self._history)[::-1],
             "outbox": {"pending": self._outbox.counts.pending, "dead": self._outbox.counts.dead},
             "restart_pending": self._restart_pending,
