@@ -581,7 +581,9 @@ async def test_concurrent_pumps_dispatch_one_slot_per_agent(
             for s in (slot("s1", "alice"), slot("s2", "alice"), slot("s3", "bob"))
         ]
     )  # received, not pumped: every slot is pending
-    await asyncio.gather(*(sched._pump(agent) for agent in ["alice", "alice", "bob", "alice"]))
+    await asyncio.gather(
+        *(sched._dispatch.pump(agent) for agent in ["alice", "alice", "bob", "alice"])
+    )
     states = {v.slot_id: v.state for v in sched.active()}
     assert states["s1"] is SlotState.dispatching
     assert states["s2"] is SlotState.pending

@@ -10,11 +10,13 @@ for the commit is cancelled while it is in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFoundError
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.store import Applied
 from calsched.journal.writer import GroupWriter, Work
@@ -22,6 +24,7 @@ from calsched.journal.writer import GroupWriter, Work
 __all__ = ["JournalGateway"]
 
 T = TypeVar("T")
+log = logging.getLogger("calsched.scheduler")
 
 
 class JournalGateway:
@@ -69,6 +72,31 @@ class JournalGateway:
         applied = await asyncio.shield(future)
         self._after_commit()
         return applied
+
+    async def commit_tolerant(self, requests: Sequence[TransitionRequest]) -> set[str]:
+        """Commit a batch; if one request no longer fits, commit each on its own.
+
+        Returns the slots whose requests committed. On their own, the requests still
+        share the group writer's commits, each failing alone.
+        """
+        try:
+            await self.commit(requests)
+            return {r.slot_id for r in requests}
+        except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
+            log.info("batch did not fit (%s); committing one by one", exc)
+        # Tasks are started in order, so the writer takes the requests in order.
+        outcomes = await asyncio.gather(
+            *(self.commit([r]) for r in requests), return_exceptions=True
+        )
+        done: set[str] = set()
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, InvalidTransitionError | AgentBusyError | SlotNotFoundError):
+                log.warning("skipped %s of slot %s: %s", request.trigger, request.slot_id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                done.add(request.slot_id)
+        return done
 
     async def close(self) -> None:
         """Finish the queued writes, then stop the writer and the readers."""

@@ -29,15 +29,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 from calsched.errors import (
-    AgentBusyError,
     BackendError,
     BackendRefusedError,
     ConfigError,
-    InvalidTransitionError,
     NoActiveSlotError,
-    SlotNotFoundError,
     StaleSlotError,
-    WakeFailedError,
 )
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.store import Applied, notifies_backend
@@ -55,7 +51,8 @@ from calsched.model import (
     format_time,
     utcnow,
 )
-from calsched.ports import Backend, Host, RunningProbe, WakeRequest
+from calsched.ports import Backend, Host
+from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker, no_answer
@@ -105,8 +102,18 @@ class Scheduler:
         self.host = host
         self.metrics = metrics or Metrics()
         self._clock = clock
+        self._live = LiveView()
         self._gateway = JournalGateway(
             journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
+        )
+        self._dispatch = Dispatcher(
+            settings,
+            self._gateway,
+            self._live,
+            host,
+            metrics=self.metrics,
+            clock=clock,
+            failpoint=failpoint,
         )
         self._outbox = OutboxWorker(
             settings,
@@ -115,17 +122,11 @@ class Scheduler:
             metrics=self.metrics,
             clock=clock,
             report_key=self._set_key_refused,
-            reconciled=self._pump,
+            reconciled=self._dispatch.pump,
             failpoint=failpoint,
         )
-        self._live = LiveView()
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
         self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
-        self._wake_slots = asyncio.Semaphore(settings.max_concurrent_wakes)
-        #: Agents a _pump_many call is dispatching for, and those asked for meanwhile.
-        self._pumping: set[str] = set()
-        self._repump: set[str] = set()
-        self._wakes: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._last_heartbeat: datetime | None = None
@@ -195,12 +196,13 @@ class Scheduler:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._dispatch.stopped = True
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
-        await self._drain(self._wakes, deadline)
+        await self._drain(self._dispatch.wakes, deadline)
         with contextlib.suppress(Exception):
             await self._outbox.flush(deadline)
         await self._drain(self._outbox.deliveries, deadline)
@@ -224,8 +226,8 @@ class Scheduler:
         """
         # asyncio.wait, not gather: cancelling idle() must not cancel the wakes themselves.
         while True:
-            if self._wakes:
-                await asyncio.wait(set(self._wakes))
+            if self._dispatch.wakes:
+                await asyncio.wait(self._dispatch.wakes)
                 continue
             started = await self._outbox.pass_once()
             if self._outbox.deliveries:
@@ -233,7 +235,7 @@ class Scheduler:
                 continue
             if started:
                 continue  # they finished already: their slots' next rows may be due
-            if not self._wakes:
+            if not self._dispatch.wakes:
                 await self._outbox.refresh_counts()
                 return
 
@@ -257,9 +259,9 @@ class Scheduler:
         self._failpoint("during_recovery")
         for view in views:
             if view.state is SlotState.dispatching:
-                self._spawn_wake(view, recovering=True)
+                self._dispatch.spawn_wake(view, recovering=True)
         pending = sorted({v.agent_id for v in views if v.state is SlotState.pending})
-        await self._pump_many(pending, actor=Actor.recovery)
+        await self._dispatch.pump_many(pending, actor=Actor.recovery)
         await self._outbox.refresh_counts()
         self._outbox.kick()
 
@@ -364,8 +366,8 @@ class Scheduler:
             requests.extend(self._supersede(runnable))
         if not requests:
             return
-        await self._commit_tolerant(requests)
-        await self._pump_many(sorted({s.agent_id for s in fresh}))
+        await self._gateway.commit_tolerant(requests)
+        await self._dispatch.pump_many(sorted({s.agent_id for s in fresh}))
 
     def _lateness(self, slot: Slot, now: datetime) -> timedelta | None:
         grace = self.settings.misfire_grace_s
@@ -397,141 +399,6 @@ class Scheduler:
                     TransitionRequest(slot_id, Trigger.abort, Actor.scheduler, reason=reason)
                 )
         return out
-
-    async def _commit_tolerant(self, requests: Sequence[TransitionRequest]) -> set[str]:
-        """Commit a batch; if one request no longer fits, commit each on its own.
-
-        Returns the slots whose requests committed. On their own, the requests still
-        share the group writer's commits, each failing alone.
-        """
-        try:
-            await self._gateway.commit(requests)
-            return {r.slot_id for r in requests}
-        except (InvalidTransitionError, AgentBusyError, SlotNotFoundError) as exc:
-            log.info("batch did not fit (%s); committing one by one", exc)
-        # Tasks are started in order, so the writer takes the requests in order.
-        outcomes = await asyncio.gather(
-            *(self._gateway.commit([r]) for r in requests), return_exceptions=True
-        )
-        done: set[str] = set()
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if isinstance(outcome, InvalidTransitionError | AgentBusyError | SlotNotFoundError):
-                log.warning("skipped %s of slot %s: %s", request.trigger, request.slot_id, outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                done.add(request.slot_id)
-        return done
-
-    # -- dispatch ------------------------------------------------------------------------
-
-    async def _pump(self, agent_id: str, *, actor: Actor = Actor.scheduler) -> None:
-        """Dispatch the agent's oldest pending slot if it has no current slot."""
-        await self._pump_many([agent_id], actor=actor)
-
-    async def _pump_many(self, agents: Sequence[str], *, actor: Actor = Actor.scheduler) -> None:
-        """Dispatch, in one commit, the oldest pending slot of each idle agent; wake them.
-
-        An agent is pumped by one call at a time (so two calls cannot dispatch two of its
-        slots), but agents do not wait for each other: a call for an agent already being
-        pumped is remembered, and the running call pumps that agent once more at its end.
-        """
-        if self._stopped.is_set():
-            return
-        mine = [a for a in dict.fromkeys(agents) if a not in self._pumping]
-        self._repump.update(a for a in agents if a in self._pumping)
-        if not mine:
-            return
-        self._pumping.update(mine)
-        try:
-            requests: list[TransitionRequest] = []
-            for agent_id in mine:
-                if self._live.current(agent_id) is not None:
-                    continue
-                head = self._live.next_pending(agent_id)
-                if head is not None:
-                    requests.append(
-                        TransitionRequest(
-                            head.slot_id, Trigger.dispatch, actor, attempt=head.attempt
-                        )
-                    )
-            done = await self._commit_tolerant(requests) if requests else set()
-        finally:
-            self._pumping.difference_update(mine)
-        for request in requests:
-            view = self._live.get(request.slot_id)
-            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
-                self._spawn_wake(view, recovering=False)
-        again = [a for a in mine if a in self._repump]
-        if again:
-            self._repump.difference_update(again)
-            await self._pump_many(again, actor=actor)
-
-    def _spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
-        task = asyncio.create_task(
-            self._wake(view, recovering=recovering), name=f"wake-{view.slot_id}"
-        )
-        self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
-
-    async def _wake(self, view: SlotView, *, recovering: bool) -> None:
-        slot = view.slot
-        request = WakeRequest(
-            agent_id=view.agent_id,
-            message=slot.wake_message(),
-            source=slot.source,
-            slot_id=view.slot_id,
-            attempt=view.attempt,
-        )
-        actor = Actor.recovery if recovering else Actor.scheduler
-        failure: str | None = None
-        async with self._wake_slots:
-            if recovering and await self._already_running(request):
-                log.info("slot %s already running on the host; not woken again", view.slot_id)
-            else:
-                try:
-                    async with asyncio.timeout(self.settings.wake_timeout_s):
-                        await self.host.wake_agent(request)
-                    self.metrics.wakes.labels("ok").inc()
-                except WakeFailedError as exc:
-                    failure = str(exc)
-                except TimeoutError:
-                    failure = f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
-                except Exception as exc:  # a broken host adapter fails the wake, not the loop
-                    failure = f"wake-agent failed: {type(exc).__name__}"
-        self._failpoint("after_wake")
-        if failure is None:
-            await self._settle_wake(view, Trigger.woke, actor, None)
-            latency = (self._clock() - view.received_at).total_seconds()
-            self.metrics.dispatch_latency.observe(max(latency, 0.0))
-        else:
-            self.metrics.wakes.labels("failed").inc()
-            log.warning("slot %s: %s", view.slot_id, failure)
-            await self._settle_wake(view, Trigger.wake_failed, actor, failure)
-            await self._pump(view.agent_id)
-
-    async def _already_running(self, request: WakeRequest) -> bool:
-        if not isinstance(self.host, RunningProbe):
-            return False
-        try:
-            return bool(await self.host.is_running(request.agent_id, request.source))
-        except Exception:  # unknown: wake again (at-least-once)
-            return False
-
-    async def _settle_wake(
-        self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
-    ) -> None:
-        try:
-            await self._gateway.commit(
-                [
-                    TransitionRequest(
-                        view.slot_id, trigger, actor, reason=reason, attempt=view.attempt
-                    )
-                ]
-            )
-        except (InvalidTransitionError, SlotNotFoundError) as exc:
-            # The slot moved on while the wake was in flight (aborted, superseded).
-            log.info("slot %s: %s not recorded: %s", view.slot_id, trigger, exc)
 
     # -- the agents' tools (ports.SlotTools) ---------------------------------------------
 
@@ -594,7 +461,7 @@ class Scheduler:
         after = applied.view(current.slot_id, current)
         assert after is not None, "the tool's own slot is in its batch"
         if after.terminal:
-            await self._pump(agent_id)
+            await self._dispatch.pump(agent_id)
         return after
 
     # -- status --------------------------------------------------------------------------
