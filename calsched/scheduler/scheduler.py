@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -54,9 +54,10 @@ from calsched.model import (
 from calsched.ports import Backend, Host
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.intake import Known, fresh_slots, plan_intake
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker, no_answer
-from calsched.settings import QueuePolicy, SchedulerSettings
+from calsched.settings import SchedulerSettings
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
@@ -333,72 +334,29 @@ class Scheduler:
 
     async def _intake(self, listed: Sequence[Slot], sent_at: datetime) -> None:
         """Journal the newly listed slots in one transaction, then dispatch."""
-        unique: dict[str, Slot] = {}
-        for slot in listed:
-            unique.setdefault(slot.id, slot)
-        fresh = [s for s in unique.values() if s.id not in self._live]
+        fresh = fresh_slots(listed, self._live.__contains__)
         if not fresh:
             return
-        known = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
-        now = self._clock()
-        requests: list[TransitionRequest] = []
-        runnable: dict[str, list[str]] = {}  # agent -> new slots that will want a wake
-        for slot in fresh:
-            seen = known.get(slot.id)
-            if seen is not None and not seen.terminal:
-                continue  # journaled but not in the live view: a concurrent intake has it
-            if seen is not None:
-                settled = await self._gateway.read(self.journal.terminal_settled_at, slot.id)
-                # Re-listed before the backend heard the end, or by a beat that crossed the
-                # acknowledgement: stale. Only a beat sent after the ack starts a new attempt.
-                if settled is None or sent_at <= settled:
-                    continue
-            requests.append(TransitionRequest(slot.id, Trigger.receive, Actor.scheduler, slot=slot))
-            late = self._lateness(slot, now)
-            if late is not None:
-                reason = f"missed: late by {_human(late)}"
-                requests.append(
-                    TransitionRequest(slot.id, Trigger.abort, Actor.scheduler, reason=reason)
-                )
-            else:
-                runnable.setdefault(slot.agent_id, []).append(slot.id)
-        if self.settings.policy is QueuePolicy.replace:
-            requests.extend(self._supersede(runnable))
+        views = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
+        known: dict[str, Known] = {}
+        for slot_id, view in views.items():
+            settled = None
+            if view.terminal:
+                settled = await self._gateway.read(self.journal.terminal_settled_at, slot_id)
+            known[slot_id] = Known(ended=view.terminal, settled_at=settled)
+        requests = plan_intake(
+            fresh,
+            known,
+            self._live.of_agent,
+            sent_at=sent_at,
+            now=self._clock(),
+            policy=self.settings.policy,
+            misfire_grace_s=self.settings.misfire_grace_s,
+        )
         if not requests:
             return
         await self._gateway.commit_tolerant(requests)
         await self._dispatch.pump_many(sorted({s.agent_id for s in fresh}))
-
-    def _lateness(self, slot: Slot, now: datetime) -> timedelta | None:
-        grace = self.settings.misfire_grace_s
-        if grace is None or slot.scheduled_at is None:
-            return None
-        late = now - slot.scheduled_at
-        return late if late.total_seconds() > grace else None
-
-    def _supersede(self, runnable: dict[str, list[str]]) -> list[TransitionRequest]:
-        """Under ``replace``: the newest slot of each agent wins; abort all older ones."""
-        out: list[TransitionRequest] = []
-        for agent_id, new_ids in runnable.items():
-            winner = new_ids[-1]
-            reason = f"superseded by {winner}"
-            older = self._live.of_agent(agent_id)
-            for view in older:
-                out.append(
-                    TransitionRequest(
-                        view.slot_id,
-                        Trigger.abort,
-                        Actor.scheduler,
-                        reason=reason,
-                        attempt=view.attempt,
-                    )
-                )
-            # Several new slots for one agent in one beat: only the last listed survives.
-            for slot_id in new_ids[:-1]:
-                out.append(
-                    TransitionRequest(slot_id, Trigger.abort, Actor.scheduler, reason=reason)
-                )
-        return out
 
     # -- the agents' tools (ports.SlotTools) ---------------------------------------------
 
@@ -499,12 +457,3 @@ class Scheduler:
 
 def _opt_time(value: datetime | None) -> str | None:
     return format_time(value) if value is not None else None
-
-
-def _human(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
