@@ -609,3 +609,30 @@ async def test_a_huge_retry_after_waits_the_cap_and_posts_no_more(
     assert row.delivered_at is None
     wait = (row.next_try_at - utcnow()).total_seconds()
     assert 55 <= wait <= 60
+
+
+async def test_async_with_starts_and_stops(db: str, backend: InMemoryBackend) -> None:
+    """``async with`` starts the scheduler and stops it on exit, an exception's too."""
+    journal = Journal.open(db, "host-a")
+    backend.to_fire = [slot("s1")]
+    made: list[Scheduler] = []
+
+    async def work_then_fail() -> None:
+        settings = SchedulerSettings(identifier="host-a")
+        async with Scheduler(settings, journal, backend, InMemoryHost()) as sched:
+            made.append(sched)
+            await sched.heartbeat_once()
+            await sched.idle()
+            assert [v.state for v in sched.active()] == [SlotState.in_progress]
+            raise RuntimeError("boom")
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            await work_then_fail()
+        assert made[0]._stopped.is_set()
+        assert made[0]._gateway.writer._closed
+        view = journal.get("s1")
+        assert view is not None
+        assert view.state is SlotState.in_progress
+    finally:
+        journal.close()

@@ -179,6 +179,15 @@ class Scheduler:
             asyncio.create_task(self._outbox.run(), name="calsched-outbox"),
         ]
 
+    async def __aenter__(self) -> Scheduler:
+        """``async with Scheduler(...) as s``: started on entry."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stopped on exit, an exception's included (nothing committed is lost)."""
+        await self.stop()
+
     async def run(self) -> None:
         """Start, then wait until :meth:`stop` is called (or the task is cancelled)."""
         await self.start()
