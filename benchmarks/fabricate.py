@@ -46,53 +46,10 @@ EVENTS_PER_FINISHED = 4
 #: Called with (events written, events to write) after each committed chunk.
 Progress = Callable[[int, int], None]
 
-_EVENT_COLS = (
-    "seq",
-    "event_id",
-    "identifier",
-    "slot_id",
-    "attempt",
-    "agent_id",
-    "kind",
-    "actor",
-    "state_from",
-    "state_to",
-    "summary",
-    "reason",
-    "payload",
-    "recorded_at",
-)
-_OUTBOX_COLS = (
-    "event_seq",
-    "idempotency_key",
-    "identifier",
-    "slot_id",
-    "attempt",
-    "status",
-    "summary",
-    "reason",
-    "occurred_at",
-    "tries",
-    "next_try_at",
-    "last_error",
-    "delivered_at",
-    "dead_at",
-)
-_SLOT_COLS = (
-    "identifier",
-    "slot_id",
-    "agent_id",
-    "state",
-    "attempt",
-    "slot",
-    "received_at",
-    "started_at",
-    "updated_at",
-    "resolved_at",
-    "summary",
-    "reason",
-    "last_seq",
-)
+# Every column, in the tables' order (the outbox's id is the database's to give).
+_EVENT_COLS = tuple(c.name for c in events.columns)
+_OUTBOX_COLS = tuple(c.name for c in outbox.columns if c.name != "id")
+_SLOT_COLS = tuple(c.name for c in slots.columns)
 
 #: The summary a fabricated agent completes its slot with.
 SUMMARY = "fabricated: done"

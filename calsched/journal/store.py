@@ -25,7 +25,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    update,
 )
 
 from calsched.journal import migrate
@@ -157,23 +156,10 @@ class Journal(OutboxLog):
         (the group writer's): see :meth:`Transitions.apply_in`."""
         return self._transitions.apply_in(conn, requests)
 
-    def _store_view(self, conn: Connection, view: SlotView, *, exists: bool) -> None:
-        values = view_values(view)
-        if exists:
-            conn.execute(
-                update(slots)
-                .where(slots.c.identifier == view.identifier, slots.c.slot_id == view.slot_id)
-                .values(values)
-            )
-        else:
-            conn.execute(insert(slots), values)
-
     # -- reads --------------------------------------------------------------------------
 
-    def _select_views(self, conn: Connection, *where: Any, lock: bool = False) -> list[SlotView]:
+    def _select_views(self, conn: Connection, *where: Any) -> list[SlotView]:
         stmt = select(slots).where(slots.c.identifier == self.identifier, *where)
-        if lock:
-            stmt = stmt.with_for_update()
         return [view_from_row(row) for row in conn.execute(stmt).mappings()]
 
     def get(self, slot_id: str) -> SlotView | None:

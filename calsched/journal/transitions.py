@@ -126,17 +126,20 @@ class Transitions:
         st = self._sql
         now = self._clock()
         stored = {sid: self.load_head(conn, sid) for sid in sorted({r.slot_id for r in requests})}
-        heads = {sid: h for sid, h in stored.items() if h is not None}
-        current = {h.agent_id: sid for sid, h in heads.items() if h.state in CURRENT_STATES}
+        # Decide everything first, each request against the ones before it: a refusal
+        # writes nothing.
+        decided = {sid: h for sid, h in stored.items() if h is not None}
+        current = {h.agent_id: sid for sid, h in decided.items() if h.state in CURRENT_STATES}
         drafts: list[Event] = []
-        for request in requests:  # decide everything first: a refusal writes nothing
-            event = self._decide(conn, request, heads, current, now)
-            heads[request.slot_id] = _Head(event.state_to, event.attempt, event.agent_id)
+        for request in requests:
+            event = self._decide(conn, request, decided, current, now)
+            decided[request.slot_id] = _Head(event.state_to, event.attempt, event.agent_id)
             if event.state_to in CURRENT_STATES:
                 current[event.agent_id] = request.slot_id
             elif current.get(event.agent_id) == request.slot_id:
                 del current[event.agent_id]
             drafts.append(event)
+        # Then write, projecting each event from the stored columns it carries forward.
         heads = {sid: h for sid, h in stored.items() if h is not None}
         after: dict[str, SlotView | Change] = {}
         appended: list[Event] = []
@@ -164,8 +167,8 @@ class Transitions:
             appended.append(event)
         for sid, final in after.items():
             if isinstance(final, Change):
-                values = {**change_values(final), "k_identifier": self.identifier}
-                statements.execute(conn, st.update_slot_state, {**values, "k_slot_id": sid})
+                key = {"k_identifier": self.identifier, "k_slot_id": sid}
+                statements.execute(conn, st.update_slot_state, {**change_values(final), **key})
             elif stored[sid] is None:
                 statements.execute(conn, st.insert_slot, view_values(final))
             else:  # a new attempt: the whole row changes
