@@ -12,7 +12,9 @@
     ├── SlotNotFoundError (LookupError)       no such slot in the journal
     ├── WakeFailedError (RuntimeError)        the host did not accept a wake
     ├── JournalError (RuntimeError)           the database cannot be used
-    │   └── SchemaVersionError                the database schema is older or newer than the code
+    │   ├── SchemaVersionError                the database schema is older or newer than the code
+    │   ├── LeaseHeldError                    another live process holds the identifier's lease
+    │   └── LeaseLostError                    this process no longer holds it: writes refused
     └── BackendError (RuntimeError)           a call to the calendar backend failed
         ├── BackendRefusedError               401/403: the API key is refused
         ├── BackendRejectedError              404/400/422: the backend cannot take the request
@@ -38,6 +40,8 @@ __all__ = [
     "InvalidInputError",
     "InvalidTransitionError",
     "JournalError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "NoActiveSlotError",
     "SchemaVersionError",
     "SlotNotFoundError",
@@ -100,6 +104,18 @@ class AgentBusyError(CalschedError, RuntimeError):
         self.current = current
         super().__init__(f"agent {agent_id!r} already has current slot {current!r}")
 
+    @classmethod
+    def raced(cls) -> AgentBusyError:
+        """The database's unique index refused a second current slot that another
+        writer committed first; its error names neither the agent nor the slot."""
+        error = cls.__new__(cls)
+        error.agent_id = "?"
+        error.current = "?"
+        CalschedError.__init__(
+            error, "the agent already has a current slot (another writer committed it first)"
+        )
+        return error
+
 
 class SlotNotFoundError(CalschedError, LookupError):
     """No slot by that id in the journal."""
@@ -129,6 +145,32 @@ class SchemaVersionError(JournalError):
                 "upgrade calsched or run `calsched db upgrade`"
             )
         super().__init__(msg)
+
+
+class LeaseHeldError(JournalError):
+    """Another live process holds the identifier's lease; ``since`` is RFC 3339 text."""
+
+    def __init__(self, identifier: str, host: str, pid: int, since: str, epoch: int) -> None:
+        self.identifier = identifier
+        self.host = host
+        self.pid = pid
+        self.since = since
+        self.epoch = epoch
+        super().__init__(
+            f"identifier {identifier!r} is held by host {host} pid {pid} since {since} "
+            f"(epoch {epoch})"
+        )
+
+
+class LeaseLostError(JournalError):
+    """This process's lease epoch is no longer the identifier's current one (or its
+    renewal failed): the write was refused and the process must step down."""
+
+    def __init__(self, identifier: str, epoch: int, why: str) -> None:
+        self.identifier = identifier
+        self.epoch = epoch
+        self.why = why
+        super().__init__(f"lost the lease on identifier {identifier!r} (epoch {epoch}): {why}")
 
 
 class BackendError(CalschedError, RuntimeError):

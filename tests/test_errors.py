@@ -19,6 +19,8 @@ from calsched.errors import (
     InvalidInputError,
     InvalidTransitionError,
     JournalError,
+    LeaseHeldError,
+    LeaseLostError,
     NoActiveSlotError,
     SchemaVersionError,
     SlotNotFoundError,
@@ -38,6 +40,8 @@ TREE: list[tuple[type[Exception], type[Exception]]] = [
     (WakeFailedError, RuntimeError),
     (JournalError, RuntimeError),
     (SchemaVersionError, JournalError),
+    (LeaseHeldError, JournalError),
+    (LeaseLostError, JournalError),
     (BackendError, RuntimeError),
     (BackendRefusedError, BackendError),
     (BackendRejectedError, BackendError),
@@ -146,3 +150,25 @@ def test_wake_failed_sentence_is_the_seed_reason() -> None:
     exc = WakeFailedError("bob", "HTTP 503")
     assert (exc.agent_id, exc.cause) == ("bob", "HTTP 503")
     assert str(exc) == "wake-agent failed: HTTP 503"
+
+
+def test_agent_busy_raced_names_no_slot() -> None:
+    """The unique index's refusal: an AgentBusyError that does not pretend to know the slot."""
+    err = AgentBusyError.raced()
+    assert isinstance(err, AgentBusyError)
+    assert str(err) == "the agent already has a current slot (another writer committed it first)"
+
+
+def test_lease_held_sentence_names_the_holder() -> None:
+    """One line: identifier, host, pid, since when, epoch."""
+    err = LeaseHeldError("host-a", "web-1", 4242, "2026-12-02T03:00:00Z", 7)
+    assert str(err) == (
+        "identifier 'host-a' is held by host web-1 pid 4242 since 2026-12-02T03:00:00Z (epoch 7)"
+    )
+    assert (err.host, err.pid, err.epoch) == ("web-1", 4242, 7)
+
+
+def test_lease_lost_sentence_says_why() -> None:
+    """Names the identifier, the lost epoch and the reason."""
+    err = LeaseLostError("host-a", 7, "epoch 8 took over")
+    assert str(err) == "lost the lease on identifier 'host-a' (epoch 7): epoch 8 took over"

@@ -9,7 +9,7 @@ locked" when another process writes, where an immediate one waits for the busy t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from calsched.errors import ConfigError, JournalError
+from calsched.errors import AgentBusyError, ConfigError, JournalError
 
 __all__ = [
     "WRITE",
@@ -155,20 +155,35 @@ def describe_error(exc: SQLAlchemyError) -> str:
     return str(orig).splitlines()[0] if orig is not None else type(exc).__name__
 
 
+#: The unique index that keeps one current slot per agent (schema.py), as each database
+#: names it in its error: PostgreSQL by the index, SQLite by its columns.
+_CURRENT_AGENT = ("uq_slots_current_agent", "slots.identifier, slots.agent_id")
+
+
 @contextmanager
-def writing(engine: Engine, what: str) -> Iterator[Connection]:
+def writing(
+    engine: Engine, what: str, *, check: Callable[[Connection], None] | None = None
+) -> Iterator[Connection]:
     """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success.
 
-    Database errors become :class:`JournalError` naming ``what`` ("journal",
-    "calendar") and the driver's sentence, never the parameters.
+    ``check`` runs first inside the transaction (the journal's lease fence: whatever it
+    raises rolls the transaction back and reaches the caller as it is). Database errors
+    become :class:`JournalError` naming ``what`` ("journal", "calendar") and the driver's
+    sentence, never the parameters; a second current slot for one agent, refused by the
+    database's unique index after another writer's commit, is :class:`AgentBusyError`.
     """
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})
             with conn.begin():
+                if check is not None:
+                    check(conn)
                 yield conn
     except IntegrityError as exc:
-        raise JournalError(f"{what} write conflicted: {describe_error(exc)}") from None
+        said = describe_error(exc)
+        if any(name in said for name in _CURRENT_AGENT):
+            raise AgentBusyError.raced() from None
+        raise JournalError(f"{what} write conflicted: {said}") from None
     except SQLAlchemyError as exc:
         raise JournalError(f"{what} write failed: {describe_error(exc)}") from None
 

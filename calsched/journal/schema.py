@@ -6,6 +6,8 @@ Tables:
 - ``events``: append-only journal, one row per fired trigger.
 - ``slots``: projection, one row per (identifier, slot_id); a cache of the fold of events.
 - ``outbox``: one row per state change the backend must hear, until it is acknowledged.
+- ``leases``: one row per identifier: which process holds it, under which epoch (the
+  fencing token every journal write checks), until when (:mod:`calsched.journal.lease`).
 - ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
   backend serves, kept in the same database so a quickstart needs one file.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -29,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -40,6 +44,7 @@ __all__ = [
     "calendar_receipts",
     "calendar_slots",
     "events",
+    "leases",
     "metadata",
     "outbox",
     "slots",
@@ -57,6 +62,8 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 _STATES = "'pending','dispatching','in_progress','paused','completed','aborted'"
+#: model.CURRENT_STATES, as SQL: the states of an agent's one current slot.
+_CURRENT = "state IN ('dispatching', 'in_progress', 'paused')"
 
 # SQLite's autoincrement needs INTEGER PRIMARY KEY; elsewhere a 64-bit sequence.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -133,6 +140,34 @@ slots = Table(
     Index("ix_slots_agent", "identifier", "agent_id", "state"),
     # Newest change first (history, the status page after a restart) without a sort.
     Index("ix_slots_recent", "identifier", "last_seq"),
+    # One current slot per agent, enforced by the database too: two writers racing past
+    # the journal's own check cannot both commit one (the loser gets AgentBusyError).
+    Index(
+        "uq_slots_current_agent",
+        "identifier",
+        "agent_id",
+        unique=True,
+        sqlite_where=text(_CURRENT),
+        postgresql_where=text(_CURRENT),
+    ),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("identifier", String(256), primary_key=True),
+    #: The fencing token: grows by one with every acquisition, never goes back.
+    Column("epoch", BigInteger, nullable=False),
+    #: Random per process start: tells a restarted process on the same pid apart.
+    Column("instance", String(32), nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("renewed_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    #: Whether the holder also holds the OS death lock (so a free lock means it died).
+    Column("locked", Boolean, nullable=False),
+    CheckConstraint("epoch >= 1", name="epoch"),
 )
 
 outbox = Table(

@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from calsched.journal import migrate
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
+from calsched.journal.lease import Fence
 from calsched.journal.outbox import OutboxLog
 from calsched.journal.replay import (
     PLAIN_EVENT_COLUMNS,
@@ -91,6 +92,7 @@ class Journal(OutboxLog):
         self.identifier = identifier
         self._clock = clock
         self._transitions = Transitions(identifier, clock, lambda: self._sql)
+        self._fence: Fence | None = None
 
     @classmethod
     def open(
@@ -128,8 +130,26 @@ class Journal(OutboxLog):
 
     # -- transactions -------------------------------------------------------------------
 
+    def fence(self, fence: Fence | None) -> None:
+        """Fence every later write with ``fence`` (a held lease's epoch check); ``None``
+        turns fencing off. A journal opened without a lease is not fenced."""
+        self._fence = fence
+
+    @property
+    def fenced(self) -> Fence | None:
+        """The fence of the lease this journal writes under, if any."""
+        return self._fence
+
+    def check_fence(self, conn: Connection) -> None:
+        """Run first in every journal write transaction (here and in the group writer):
+        raise :class:`~calsched.errors.LeaseLostError` if this process's lease epoch is
+        no longer current. Nothing without a fence."""
+        fence = self._fence
+        if fence is not None:
+            fence.check(conn)
+
     def _write(self) -> AbstractContextManager[Connection]:
-        return writing(self.engine, "journal")
+        return writing(self.engine, "journal", check=self.check_fence)
 
     def _read(self) -> AbstractContextManager[Connection]:
         return reading(self.engine, "journal")

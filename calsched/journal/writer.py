@@ -91,13 +91,21 @@ class GroupWriter:
     """The one thread that writes to the journal, committing waiting work in groups.
 
     ``max_group`` bounds how much one transaction takes, so a flood of writers cannot
-    hold the database lock for long.
+    hold the database lock for long. ``check`` runs first in every transaction (the
+    journal's lease fence, :meth:`~calsched.journal.store.Journal.check_fence`): what it
+    raises fails every piece of work of that group, none of which ran.
     """
 
     def __init__(
-        self, engine: Engine, *, max_group: int = 512, name: str = "calsched-journal"
+        self,
+        engine: Engine,
+        *,
+        max_group: int = 512,
+        name: str = "calsched-journal",
+        check: Callable[[Connection], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._check = check
         self._max_group = max_group
         self._queue: queue.SimpleQueue[_Item[Any] | object] = queue.SimpleQueue()
         self._closed = False
@@ -173,7 +181,7 @@ class GroupWriter:
         outcomes: list[tuple[_Item[Any], bool, Any]] = []
         began = False
         try:
-            with writing(self._engine, "journal") as conn:
+            with writing(self._engine, "journal", check=self._check) as conn:
                 began = True
                 for item in group:
                     try:
@@ -194,7 +202,7 @@ class GroupWriter:
 
     def _alone(self, item: _Item[Any]) -> tuple[_Item[Any], bool, Any]:
         try:
-            with writing(self._engine, "journal") as conn:
+            with writing(self._engine, "journal", check=self._check) as conn:
                 result = item.work(conn)
         except BaseException as exc:  # the caller's own outcome, whatever it is
             return (item, False, exc)

@@ -45,7 +45,7 @@ class JournalGateway:
         self._on_applied = on_applied
         self._after_commit = after_commit
         #: The group writer (its ``groups``/``items`` counters show how well it groups).
-        self.writer = GroupWriter(journal.engine)
+        self.writer = GroupWriter(journal.engine, check=journal.check_fence)
         # Reads never queue behind the writer; WAL lets them run beside a commit.
         self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
 
