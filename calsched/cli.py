@@ -185,8 +185,18 @@ def run(
         bool,
         typer.Option(help=f"Exit with status {EXIT_RESTART} when the backend asks for a restart."),
     ] = False,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            help="If another process holds the identifier, wait and take over when it dies "
+            "or its lease expires (instead of exiting 1)."
+        ),
+    ] = False,
 ) -> None:
     """Run the daemon: heartbeat, wake agents, serve the control API, until SIGTERM/SIGINT.
+
+    One process holds an identifier at a time (a lease in the journal database): a
+    second ``run`` exits 1 naming the holder, ``run --standby`` waits to take over.
 
     Example: calsched run --log-json
     """
@@ -201,7 +211,7 @@ def run(
         log_level=log_level,
     )
     configure_logging(json_format=cfg.log_json, level=cfg.log_level)
-    code = run_daemon(cfg, exit_on_restart=exit_on_restart)
+    code = run_daemon(cfg, exit_on_restart=exit_on_restart, standby=standby)
     if code:
         raise typer.Exit(code)
 

@@ -202,6 +202,13 @@ class Config(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: How long the identifier's lease lasts without a renewal: a holder that is alive
+    #: but silent (stopped, cut off) is taken over after this long. A dead holder is
+    #: taken over at once whatever it is (docs/operations.md, "Several hosts").
+    lease_ttl_s: float = Field(default=20.0, ge=0.5, le=3600)
+    #: The lease is renewed every ``lease_ttl_s * lease_renew_fraction`` seconds; at most
+    #: half, so one failed renewal still leaves time for another before it expires.
+    lease_renew_fraction: float = Field(default=1 / 3, gt=0, le=0.5)
 
     @classmethod
     def settings_customise_sources(
@@ -243,6 +250,11 @@ class Config(BaseSettings):
         if "identifier" in self.scheduler.model_fields_set:
             raise ValueError("scheduler.identifier is not a setting; set the top-level identifier")
         return self
+
+    @property
+    def lease_renew_every_s(self) -> float:
+        """Seconds between renewals of the lease."""
+        return self.lease_ttl_s * self.lease_renew_fraction
 
     def scheduler_settings(self) -> SchedulerSettings:
         """The scheduler's settings, carrying this configuration's identifier."""

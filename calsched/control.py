@@ -48,6 +48,7 @@ from calsched.errors import (
     ConfigError,
     InvalidInputError,
     InvalidTransitionError,
+    LeaseLostError,
     NoActiveSlotError,
     StaleSlotError,
 )
@@ -126,6 +127,9 @@ def _mapped(exc: CalschedError) -> _ApiError | None:
         return _ApiError(409, "invalid_transition", str(exc))
     if isinstance(exc, InvalidInputError):
         return _ApiError(422, "invalid", str(exc))
+    if isinstance(exc, LeaseLostError):
+        # Nothing was committed: the daemon is stepping down; ask the new holder.
+        return _ApiError(503, "lease_lost", str(exc))
     return None
 
 

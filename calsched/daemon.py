@@ -12,24 +12,41 @@
 - the :class:`~calsched.scheduler.Scheduler` and the control API on the configured
   loopback address.
 
-The control socket is bound before anything else starts and handed to uvicorn, so "port
-in use" is a one-line error at start and no other process can take the port in between.
-SIGTERM and SIGINT stop the process gracefully: the control API stops accepting, the
-scheduler stops (bounded wait for wakes, outbox flush), then the journal is closed.
+Before any of the scheduler runs, the daemon takes its identifier's lease
+(:mod:`calsched.journal.lease`): a live holder elsewhere makes ``run`` exit 1 with one line
+naming it, and ``run --standby`` waits instead, taking over when the holder dies or goes
+silent past its lease time. The :class:`~calsched.scheduler.keeper.LeaseKeeper` renews it;
+once it is lost (a write refused under a newer epoch, a renewal overdue) the daemon steps
+down: the scheduler stops without sending the outbox, and the process exits 1 (or with
+``--standby`` waits again).
+
+The control socket is bound once the lease is held, before the scheduler starts, and
+handed to uvicorn, so "port in use" is a one-line error at start and no other process can
+take the port in between. SIGTERM and SIGINT stop the process gracefully: the control API
+stops accepting, the scheduler stops (bounded wait for wakes, outbox flush), the lease is
+released (so a restart takes over at once), then the journal is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from calsched.config import Config, ControlConfig, HostAdapter
-from calsched.errors import ConfigError, WakeFailedError
+from calsched.errors import (
+    ConfigError,
+    JournalError,
+    LeaseHeldError,
+    LeaseLostError,
+    WakeFailedError,
+)
 from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
 from calsched.ports import Backend, Host, WakeRequest
@@ -40,9 +57,11 @@ if TYPE_CHECKING:
     from calsched.backend.http import HttpBackend
     from calsched.control import ControlServer
     from calsched.journal import Journal
+    from calsched.journal.lease import Lease
     from calsched.scheduler import Scheduler
 
 __all__ = [
+    "EXIT_LEASE_LOST",
     "EXIT_RESTART",
     "NoHost",
     "bind_socket",
@@ -57,6 +76,12 @@ __all__ = [
 #: Exit status of ``run --exit-on-restart`` when the backend asks for a restart
 #: (``EX_TEMPFAIL`` in sysexits.h: "try again", which supervisors restart on).
 EXIT_RESTART = 75
+
+#: Exit status of ``run`` (without ``--standby``) that stepped down after losing its lease.
+EXIT_LEASE_LOST = 1
+
+#: What :func:`_serve` returns after stepping down, told apart from an ordinary status 1.
+_LOST = -1
 
 #: The base URL the in-process backend is addressed by; no request leaves the process.
 _EMBEDDED_URL = "http://embedded-calendar.invalid"
@@ -191,28 +216,36 @@ def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, name)))
 
 
-def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
-    """Run until SIGTERM/SIGINT (status 0) or a restart request with ``exit_on_restart``
-    (status :data:`EXIT_RESTART`). Start-up problems raise a
-    :class:`~calsched.errors.CalschedError` before anything runs.
+def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = False) -> int:
+    """Run until SIGTERM/SIGINT (status 0), a restart request with ``exit_on_restart``
+    (status :data:`EXIT_RESTART`) or a lost lease (status :data:`EXIT_LEASE_LOST`; with
+    ``standby``, back to waiting). Start-up problems raise a
+    :class:`~calsched.errors.CalschedError` before anything runs; a live holder of the
+    identifier is a :class:`~calsched.errors.LeaseHeldError` unless ``standby``.
     """
     with hidden_modules("rich", "pygments"):
         # httpx loads its command-line client (rich, pygments) when they are installed;
         # the daemon only needs the library. The first import decides, so it is made here.
         import httpx  # noqa: F401
 
-    sock = bind_socket(cfg.control.host, cfg.control.port)
-    try:
-        return asyncio.run(_serve(cfg, sock, exit_on_restart=exit_on_restart))
-    finally:
-        sock.close()
+    while True:
+        try:
+            code = asyncio.run(_serve(cfg, exit_on_restart=exit_on_restart, standby=standby))
+        except LeaseLostError:  # lost while starting (a recovery write refused)
+            code = _LOST
+        if code != _LOST:
+            return code
+        if not standby:
+            return EXIT_LEASE_LOST
+        log.info("back to standby", identifier=cfg.identifier)
 
 
-async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> int:
+async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
     from calsched.control import create_control_app, serve_control
     from calsched.journal import Journal
     from calsched.metrics import Metrics
     from calsched.scheduler import Scheduler
+    from calsched.scheduler.keeper import LeaseKeeper
     from calsched.tokens import load_or_create_secret
 
     async with AsyncExitStack() as stack:
@@ -233,10 +266,26 @@ async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> 
             upgrade=True,
         )
         stack.callback(journal.close)  # last out: after the backend and the scheduler
+        lease = await take_lease(cfg, journal, standby=standby)
+        if lease is None:  # a signal while standing by
+            return 0
+        stack.callback(lease.release)  # before the journal closes: a restart need not wait
+        fence = lease.fence
+        assert fence is not None
+        journal.fence(fence)
+        sock = bind_socket(cfg.control.host, cfg.control.port)
+        stack.callback(sock.close)
+        _acquired(lease)  # logged once the port is ours: a refusal stays one line
         if backend is None:
             backend = embedded_backend(cfg, journal.engine)
             stack.push_async_callback(backend.aclose)
         metrics = Metrics()
+        keeper = LeaseKeeper(lease, every_s=cfg.lease_renew_every_s, metrics=metrics)
+        loop = asyncio.get_running_loop()
+        lost = asyncio.Event()
+        # From the writer thread (a refused write) or the loop (a failed renewal).
+        fence.on_lost(lambda _why: _post(loop, lost.set))
+        keeping = asyncio.create_task(keeper.run(), name="calsched-lease")
         scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
         app = create_control_app(
             scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
@@ -248,13 +297,91 @@ async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> 
                 scheduler,
                 server,
                 sock,
+                lost,
                 backend="embedded" if cfg.backend_url is None else backend.base_url,
                 exit_on_restart=exit_on_restart,
             )
         finally:
             # Also after a failed start: stop() is bounded and leaves nothing running.
-            await scheduler.stop()
+            # After a lost lease nothing more goes to the backend: the new holder sends it.
+            await scheduler.stop(flush=fence.lost is None)
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+            if fence.lost is not None:
+                log.error(
+                    "stepped down: the lease is lost",
+                    identifier=cfg.identifier,
+                    epoch=fence.epoch,
+                    why=fence.lost,
+                    refused_writes=fence.refused,
+                )
             log.info("daemon stopped")
+
+
+async def take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
+    """Acquire the identifier's lease; with ``standby``, wait for it (``None`` if a
+    signal came first). Without, a live holder is a :class:`LeaseHeldError`."""
+    from calsched.journal.lease import Lease, death_lock_for
+
+    lease = Lease(
+        journal.engine,
+        cfg.identifier,
+        ttl_s=cfg.lease_ttl_s,
+        lock=death_lock_for(journal.engine, cfg.identifier),
+    )
+    try:
+        await asyncio.to_thread(lease.acquire)
+    except LeaseHeldError as exc:
+        if not standby:
+            raise exc.with_hint("use --standby to wait") from None
+        log.info("standing by", holder=str(exc))
+        return await _stand_by(lease, poll_s=min(2.0, max(0.2, cfg.lease_ttl_s / 10)))
+    return lease
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(callback)
+
+
+def _acquired(lease: Lease) -> None:
+    log.info(
+        "lease acquired",
+        identifier=lease.identifier,
+        epoch=lease.epoch,
+        takeover=lease.takeover,
+        locked=lease.locked,
+    )
+
+
+async def _stand_by(lease: Lease, *, poll_s: float) -> Lease | None:
+    """Try for the lease every ``poll_s`` until it is taken or SIGTERM/SIGINT comes.
+
+    Polling, not a blocking lock: a silent holder keeps its death lock, and only the
+    expiry frees the lease from it. A dead one is noticed within one poll.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_s)
+            if stop.is_set():
+                log.info("stopping while standing by")
+                return None
+            try:
+                await asyncio.to_thread(lease.acquire)
+            except LeaseHeldError:
+                continue
+            except JournalError as exc:  # the database is away: keep waiting for it
+                log.warning("standing by: the lease cannot be read", error=str(exc))
+                continue
+            return lease
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _supervise(
@@ -262,13 +389,16 @@ async def _supervise(
     scheduler: Scheduler,
     server: ControlServer,
     sock: socket.socket,
+    lost: asyncio.Event,
     *,
     backend: str,
     exit_on_restart: bool,
 ) -> int:
-    """Start the scheduler and the control API; wait for a signal, a restart, or a crash.
+    """Start the scheduler and the control API; wait for a signal, a restart, a lost
+    lease or a crash.
 
-    Returns the exit status; the caller stops the scheduler and closes the journal.
+    Returns the exit status (:data:`_LOST` after a lost lease); the caller stops the
+    scheduler, releases the lease and closes the journal.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -286,6 +416,7 @@ async def _supervise(
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="calsched-control")
         waiters[server_task] = "control"
         waiters[asyncio.create_task(stop.wait())] = "signal"
+        waiters[asyncio.create_task(lost.wait())] = "lease"
         if exit_on_restart:
             waiters[asyncio.create_task(scheduler.restart_requested.wait())] = "restart"
         log.info(
@@ -306,6 +437,9 @@ async def _supervise(
             code = EXIT_RESTART
         elif reason == "signal":
             log.info("stopping", signal=caught[0] if caught else None)
+        elif reason == "lease":
+            log.error("the lease is lost: stepping down")
+            code = _LOST
         else:
             crash = None if server_task.cancelled() else server_task.exception()
             log.error("the control API stopped unexpectedly; stopping", exc_info=crash)

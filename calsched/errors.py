@@ -150,16 +150,23 @@ class SchemaVersionError(JournalError):
 class LeaseHeldError(JournalError):
     """Another live process holds the identifier's lease; ``since`` is RFC 3339 text."""
 
-    def __init__(self, identifier: str, host: str, pid: int, since: str, epoch: int) -> None:
+    def __init__(
+        self, identifier: str, host: str, pid: int, since: str, epoch: int, hint: str = ""
+    ) -> None:
         self.identifier = identifier
         self.host = host
         self.pid = pid
         self.since = since
         self.epoch = epoch
+        self.hint = hint
         super().__init__(
             f"identifier {identifier!r} is held by host {host} pid {pid} since {since} "
-            f"(epoch {epoch})"
+            f"(epoch {epoch}){'; ' + hint if hint else ''}"
         )
+
+    def with_hint(self, hint: str) -> LeaseHeldError:
+        """The same refusal with what to do about it appended (``use --standby ...``)."""
+        return LeaseHeldError(self.identifier, self.host, self.pid, self.since, self.epoch, hint)
 
 
 class LeaseLostError(JournalError):

@@ -51,6 +51,21 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
+        self.lease_held = Gauge(
+            "calsched_lease_held", "1 while this process holds its identifier's lease.", registry=r
+        )
+        self.lease_epoch = Gauge(
+            "calsched_lease_epoch", "The epoch (fencing token) of the lease held.", registry=r
+        )
+        self.lease_renewals = Counter(
+            "calsched_lease_renewals", "Lease renewals, by outcome.", ["outcome"], registry=r
+        )
+        self.lease_refused_writes = Gauge(
+            "calsched_lease_refused_writes",
+            "Journal write transactions refused because the lease was lost.",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ from calsched.backend.calendar import LocalCalendar
 from calsched.backend.http import HttpBackend
 from calsched.config import Config, load_config
 from calsched.daemon import (
+    _LOST,
     EXIT_RESTART,
     NoHost,
     _allowed_hosts,
@@ -179,7 +180,11 @@ class FakeServer:
 
 
 async def supervise(
-    scheduler: FakeScheduler, server: FakeServer, *, exit_on_restart: bool = True
+    scheduler: FakeScheduler,
+    server: FakeServer,
+    *,
+    exit_on_restart: bool = True,
+    lost: asyncio.Event | None = None,
 ) -> int:
     """Run _supervise with the fakes and a placeholder socket."""
     return await _supervise(
@@ -187,6 +192,7 @@ async def supervise(
         scheduler,  # type: ignore[arg-type]
         server,  # type: ignore[arg-type]
         "sock",  # type: ignore[arg-type]
+        lost or asyncio.Event(),
         backend="embedded",
         exit_on_restart=exit_on_restart,
     )
@@ -215,3 +221,12 @@ async def test_supervise_stops_on_sigterm() -> None:
 async def test_supervise_fails_when_the_control_api_dies() -> None:
     """A control server that stops on its own ends the daemon with status 1."""
     assert await supervise(FakeScheduler(), FakeServer(crash=True)) == 1
+
+
+async def test_supervise_steps_down_when_the_lease_is_lost() -> None:
+    """A lost lease stops the server and returns the step-down marker (not 0, not 75)."""
+    lost = asyncio.Event()
+    server = FakeServer()
+    asyncio.get_running_loop().call_later(0.05, lost.set)
+    assert await supervise(FakeScheduler(), server, lost=lost) == _LOST
+    assert server.should_exit

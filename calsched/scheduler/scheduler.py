@@ -197,11 +197,13 @@ class Scheduler:
             if not self._stopped.is_set():
                 await self.stop()
 
-    async def stop(self) -> None:
+    async def stop(self, *, flush: bool = True) -> None:
         """Stop gracefully: no more beats, bounded wait for wakes, flush the outbox.
 
         Nothing committed is lost: a wake abandoned here leaves its slot ``dispatching``,
         which the next start re-dispatches; an undelivered outbox row stays in the outbox.
+        Without ``flush`` (stepping down after losing the lease) nothing more is sent to
+        the backend: the new holder delivers the outbox.
         """
         if self._stopped.is_set():
             return
@@ -213,8 +215,9 @@ class Scheduler:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         await self._drain(self._dispatch.wakes, deadline)
-        with contextlib.suppress(Exception):
-            await self._outbox.flush(deadline)
+        if flush:
+            with contextlib.suppress(Exception):
+                await self._outbox.flush(deadline)
         await self._drain(self._outbox.deliveries, deadline)
         await self._gateway.close()
 
