@@ -321,8 +321,9 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
 async def take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
     """Acquire the identifier's lease; with ``standby``, wait for it (``None`` if a
     signal came first). Without, a live holder is a :class:`LeaseHeldError`."""
-    from calsched.journal.lease import Lease, death_lock_for
+    from calsched.journal.lease import Lease, bound_idle_transactions, death_lock_for
 
+    bound_idle_transactions(journal.engine, cfg.lease_ttl_s)
     lease = Lease(
         journal.engine,
         cfg.identifier,

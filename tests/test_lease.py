@@ -93,7 +93,7 @@ def test_dead_holder_taken_over_at_once(make_lease: Callable[..., Lease]) -> Non
     first.lock.release()  # what the system does when the process dies
     second = make_lease()
     held = second.acquire()
-    assert (held.epoch, held.locked, second.takeover) == (2, True, "dead holder")
+    assert (held.epoch, held.locked, second.takeover) == (2, True, "dead_holder")
     with pytest.raises(LeaseLostError):
         first.renew()
 

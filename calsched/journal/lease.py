@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, event, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsched.errors import JournalError, LeaseHeldError, LeaseLostError
@@ -51,6 +51,7 @@ __all__ = [
     "FileLock",
     "Holder",
     "Lease",
+    "bound_idle_transactions",
     "death_lock_for",
     "read_holder",
 ]
@@ -78,9 +79,8 @@ class Holder:
 
     def held_error(self) -> LeaseHeldError:
         """The one-line refusal naming this holder."""
-        return LeaseHeldError(
-            self.identifier, self.host, self.pid, format_time(self.acquired_at), self.epoch
-        )
+        since = format_time(self.acquired_at.replace(microsecond=0))  # a line for people
+        return LeaseHeldError(self.identifier, self.host, self.pid, since, self.epoch)
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-ready, for the status page."""
@@ -235,6 +235,32 @@ def death_lock_for(engine: Engine, identifier: str) -> DeathLock | None:
     raise JournalError(f"leases need SQLite or PostgreSQL, not {url.get_backend_name()}")
 
 
+def bound_idle_transactions(engine: Engine, seconds: float) -> None:
+    """On PostgreSQL, end any session of ``engine`` idle inside a transaction this long.
+
+    A holder stopped (SIGSTOP) in the middle of a write transaction would otherwise keep
+    its row locks, the lease row's among them, and no takeover could ever commit. Every
+    journal transaction is far shorter than a lease time. Pooled connections opened
+    before are dropped, so every later one has the bound. Nothing on SQLite, where a
+    process stopped inside a write transaction holds the database's write lock until it
+    resumes or dies: no bound exists there (docs/operations.md).
+    """
+    if engine.url.get_backend_name() != "postgresql":
+        return
+    millis = max(1000, int(seconds * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _bound(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {millis}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    engine.dispose()
+
+
 # -- the fence ---------------------------------------------------------------------------
 
 
@@ -326,7 +352,7 @@ class Lease:
         self.instance = secrets.token_hex(16)
         #: The epoch held, once acquired (``None`` before and after).
         self.epoch: int | None = None
-        #: How the last acquisition went: "new", "dead holder" or "expired" (which a
+        #: How the last acquisition went: "new", "dead_holder" or "expired" (which a
         #: graceful release is: it sets the expiry to now).
         self.takeover: str | None = None
         #: Renewals that succeeded, for metrics.
@@ -377,7 +403,7 @@ class Lease:
         if found is None:
             why, epoch = "new", 1
         elif got_lock and found.locked:
-            why, epoch = "dead holder", found.epoch + 1
+            why, epoch = "dead_holder", found.epoch + 1
         elif not found.live(now):
             why, epoch = "expired", found.epoch + 1
         else:
