@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from calsched.cli import app
 from calsched.commands.common import parse_when
 from calsched.errors import InvalidInputError
 from calsched.journal import Journal
+from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import SlotState, SlotView
 from calsched.tokens import admin_token, agent_token, load_or_create_secret
 
@@ -455,6 +457,57 @@ def test_journal_verify_reports_a_missing_row(filled: Journal) -> None:
     with filled.engine.begin() as conn:
         conn.execute(text("DELETE FROM slots WHERE slot_id = 's2'"))
     assert "host-a/s2: (row)" in cli("journal", "verify", code=1).stdout
+
+
+def _live_lease(journal: Journal, identifier: str = "host-a") -> Lease:
+    """A lease held by this test process, as a running daemon holds it."""
+    lease = Lease(
+        journal.engine,
+        identifier,
+        ttl_s=60,
+        lock=death_lock_for(journal.engine, identifier),
+        host="web-1",
+        pid=4242,
+    )
+    lease.acquire()
+    return lease
+
+
+def test_journal_rebuild_refused_while_a_daemon_holds_the_identifier(filled: Journal) -> None:
+    """rebuild writes the journal: refused, one line naming the holder, while a live
+    daemon holds the identifier; done at once after it is gone (its lock freed)."""
+    lease = _live_lease(filled)
+    try:
+        line = error_line(cli("journal", "rebuild", code=1))
+        assert re.fullmatch(
+            r"error: identifier 'host-a' is held by host web-1 pid 4242 since \S+Z "
+            r"\(epoch 1\); stop the daemon first",
+            line,
+        ), line
+        assert lease.lock is not None
+        lease.lock.release()  # the daemon dies (kill -9): its row still says live
+        assert "rebuilt the projection of 3 slot(s)" in cli("journal", "rebuild").stdout
+    finally:
+        lease.release()
+
+
+def test_db_upgrade_refused_while_any_daemon_runs(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With something to migrate, db upgrade is refused while a daemon of any identifier
+    holds its lease; at head it has nothing to do and says so."""
+    from calsched.journal import migrate
+
+    lease = _live_lease(journal, "host-b")
+    try:
+        assert "(head)" in cli("db", "upgrade").stdout
+        monkeypatch.setattr(migrate, "is_at_head", lambda engine: False)
+        line = error_line(cli("db", "upgrade", code=1))
+        assert line.startswith("error: identifier 'host-b' is held by host web-1 pid 4242")
+        assert line.endswith("; stop the daemon first")
+    finally:
+        lease.release()
+    assert "(head)" in cli("db", "upgrade").stdout
 
 
 # -- tokens ------------------------------------------------------------------------------

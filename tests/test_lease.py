@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from calsched.errors import AgentBusyError, LeaseHeldError, LeaseLostError
 from calsched.journal import Journal
-from calsched.journal.lease import FileLock, Lease, death_lock_for, read_holder
+from calsched.journal.lease import FileLock, Lease, death_lock_for, live_holders, read_holder
 from calsched.journal.schema import leases, slots
 from calsched.journal.writer import GroupWriter
 from calsched.model import SlotState, SlotView, Trigger
@@ -375,3 +375,19 @@ def test_lease_row_readable_by_audit(journal: Journal, make_lease: Callable[...,
         held = read_holder(conn, "host-b")
     assert held is not None
     assert held.host == "web-1"
+
+
+def test_live_holders_leave_out_the_dead_and_the_expired(
+    journal: Journal, make_lease: Callable[..., Lease], clock: FakeClock
+) -> None:
+    """live_holders: unexpired and (death lock held, or never held): what db upgrade
+    must not run under."""
+    alive = make_lease("host-a")
+    alive.acquire()
+    dead = make_lease("host-b")
+    dead.acquire()
+    assert dead.lock is not None
+    dead.lock.release()  # killed
+    assert [h.identifier for h in live_holders(journal.engine, clock=clock)] == ["host-a"]
+    clock.advance(TTL + 1)
+    assert live_holders(journal.engine, clock=clock) == []

@@ -39,6 +39,7 @@ __all__ = [
     "config_of",
     "console",
     "fail",
+    "holding_lease",
     "iso",
     "new_table",
     "open_journal",
@@ -179,6 +180,34 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+@contextmanager
+def holding_lease(cfg: Config, journal: Journal) -> Iterator[None]:
+    """For an offline command that writes the journal: hold the identifier's lease
+    meanwhile (its writes fenced by it), released after.
+
+    Raises :class:`~calsched.errors.LeaseHeldError` while a live daemon holds it.
+    """
+    from calsched.errors import LeaseHeldError
+    from calsched.journal.lease import Lease, death_lock_for
+
+    lease = Lease(
+        journal.engine,
+        cfg.identifier,
+        ttl_s=cfg.lease_ttl_s,
+        lock=death_lock_for(journal.engine, cfg.identifier),
+    )
+    try:
+        lease.acquire()
+    except LeaseHeldError as exc:
+        raise exc.with_hint("stop the daemon first") from None
+    journal.fence(lease.fence)
+    try:
+        yield
+    finally:
+        journal.fence(None)
+        lease.release()
 
 
 @contextmanager

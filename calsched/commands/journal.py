@@ -18,6 +18,7 @@ from calsched.commands.common import (
     config_of,
     console,
     fail,
+    holding_lease,
     iso,
     new_table,
     open_journal,
@@ -233,24 +234,37 @@ def _jsonable(value: object) -> Any:
 
 
 def journal_rebuild(ctx: typer.Context) -> None:
-    """Recompute the slots projection from the events (stop the daemon first).
+    """Recompute the slots projection from the events (refused while a daemon runs).
 
     Example: calsched journal rebuild
     """
     cfg = config_of(ctx)
-    with open_journal(cfg) as journal:
+    with open_journal(cfg) as journal, holding_lease(cfg, journal):
         count = journal.rebuild()
     typer.echo(f"rebuilt the projection of {count} slot(s) from the events")
 
 
 def db_upgrade(ctx: typer.Context) -> None:
-    """Create the schema, or migrate it to this calsched's revision.
+    """Create the schema, or migrate it to this calsched's revision (refused while a
+    daemon of any identifier runs on the database, unless there is nothing to do).
 
     Example: calsched db upgrade
     """
     from calsched.journal import migrate
+    from calsched.journal.engine import make_engine
+    from calsched.journal.lease import live_holders
 
     cfg = config_of(ctx)
+    path = sqlite_path(cfg.database_url)
+    if path is None or path.exists():
+        engine = make_engine(cfg.database_url, synchronous=cfg.sqlite_synchronous)
+        try:
+            if not migrate.is_at_head(engine):
+                alive = live_holders(engine)
+                if alive:
+                    raise alive[0].held_error().with_hint("stop the daemon first")
+        finally:
+            engine.dispose()
     with open_journal(cfg, upgrade=True) as journal:
         current = migrate.current_revision(journal.engine)
     typer.echo(f"database {cfg.database_display()} is at revision {current} (head)")

@@ -53,6 +53,7 @@ __all__ = [
     "Lease",
     "bound_idle_transactions",
     "death_lock_for",
+    "live_holders",
     "read_holder",
 ]
 
@@ -103,6 +104,32 @@ def read_holder(conn: Connection, identifier: str, *, for_update: bool = False) 
         stmt = stmt.with_for_update()  # SQLite ignores it: BEGIN IMMEDIATE serialises
     row = conn.execute(stmt).mappings().first()
     return None if row is None else Holder(**row)
+
+
+def live_holders(engine: Engine, *, clock: Clock = utcnow) -> list[Holder]:
+    """Every identifier's holder that is alive as far as this process can tell: its
+    lease unexpired, and its death lock held (or not held by it in the first place).
+
+    For an offline command that changes the whole database (``db upgrade``). Nothing
+    when the schema has no ``leases`` table yet.
+    """
+    from sqlalchemy import inspect
+
+    with reading(engine, "lease") as conn:
+        if not inspect(conn).has_table("leases"):
+            return []
+        rows = [Holder(**row) for row in conn.execute(select(leases)).mappings()]
+    now = clock()
+    alive: list[Holder] = []
+    for held in rows:
+        if not held.live(now):
+            continue
+        lock = death_lock_for(engine, held.identifier) if held.locked else None
+        if lock is not None and lock.try_acquire():
+            lock.release()  # free: the holder died
+            continue
+        alive.append(held)
+    return alive
 
 
 # -- the death lock ----------------------------------------------------------------------
