@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from calsched.journal import Journal
+from calsched.journal.lease import Lease
 from calsched.model import SlotState, SlotView
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -27,6 +28,8 @@ def test_audit_query_runs(query: str, journal: Journal, drive: Callable[..., Slo
     drive(journal, "s-18", SlotState.completed, agent_id="bob")
     drive(journal, "s-19", SlotState.aborted, agent_id="alice")
     drive(journal, "s-20", SlotState.paused, agent_id="carol")
+    lease = Lease(journal.engine, journal.identifier, ttl_s=60, lock=None)
+    lease.acquire()
     with journal.engine.connect() as conn:
         rows = conn.execute(text(query)).all()
     # Queries about dead letters and repeated dispatches have nothing to show here.
