@@ -125,3 +125,21 @@ def test_keeper_needs_an_acquired_lease(sqlite_journal: Journal) -> None:
     lease = Lease(sqlite_journal.engine, "host-a", ttl_s=TTL, lock=None)
     with pytest.raises(ValueError, match="acquired"):
         LeaseKeeper(lease, every_s=1.0)
+
+
+async def test_status_shows_holder_epoch_and_state(lease: Lease, clock: FakeClock) -> None:
+    """status(): the holder as last renewed, its epoch and expiry; lost says why."""
+    monotonic = Monotonic()
+    keeper = keeper_for(lease, monotonic)
+    clock.advance(3)
+    monotonic.now += 3
+    await keeper.renew_once()
+    shown = keeper.status()
+    assert shown["state"] == "held"
+    assert shown["epoch"] == 1
+    assert shown["pid"] == lease.pid
+    assert shown["expires_at"] == (clock.now + lease.ttl).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+    assert shown["renewals"] == 1
+    keeper.fence.lose("epoch 2 took over")
+    assert keeper.status()["state"] == "lost"
+    assert keeper.status()["lost"] == "epoch 2 took over"

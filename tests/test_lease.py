@@ -8,11 +8,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from calsched.errors import AgentBusyError, LeaseHeldError, LeaseLostError
 from calsched.journal import Journal
-from calsched.journal.lease import FileLock, Lease, death_lock_for, live_holders, read_holder
+from calsched.journal.lease import (
+    FileLock,
+    Lease,
+    bound_idle_transactions,
+    death_lock_for,
+    live_holders,
+    read_holder,
+)
 from calsched.journal.schema import leases, slots
 from calsched.journal.writer import GroupWriter
 from calsched.model import SlotState, SlotView, Trigger
@@ -452,3 +459,18 @@ def test_two_identifiers_under_load_do_not_cross(
         assert held is not None
         assert held.epoch == 1
         lease.release()
+
+
+def test_idle_transactions_bounded_on_postgres(journal: Journal) -> None:
+    """On PostgreSQL every later session ends a transaction left idle for a lease time
+    (a stopped holder's row locks must not block a takeover for ever); nothing on SQLite."""
+    listeners = len(list(journal.engine.pool.dispatch.connect))
+    bound_idle_transactions(journal.engine, 2.5)
+    added = len(list(journal.engine.pool.dispatch.connect)) - listeners
+    with journal.engine.connect() as conn:
+        if journal.engine.dialect.name == "postgresql":
+            shown = conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one()
+            assert shown == "2500ms"
+            assert added == 1
+        else:
+            assert added == 0

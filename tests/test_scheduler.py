@@ -636,3 +636,31 @@ async def test_async_with_starts_and_stops(db: str, backend: InMemoryBackend) ->
         assert view.state is SlotState.in_progress
     finally:
         journal.close()
+
+
+async def test_lost_lease_refuses_the_tools_and_stop_sends_nothing(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Fenced by a lease another process then took over: a tool call is refused
+    (LeaseLostError, nothing written), and stop(flush=False) sends the backend nothing."""
+    from calsched.errors import LeaseLostError
+    from calsched.journal.lease import Lease
+
+    sched = make()
+    lease = Lease(sched.journal.engine, "host-a", ttl_s=60, lock=None)
+    lease.acquire()
+    sched.journal.fence(lease.fence)
+    await sched.recover()
+    backend.to_fire = [slot("s1")]
+    await sched.heartbeat_once()
+    await sched._dispatch.pump("alice")
+    while host.wakes == [] or sched._dispatch.wakes:
+        await asyncio.sleep(0.01)
+    assert lease.fence is not None
+    lease.fence.lose("epoch 2 took over")  # what the fence does on a newer epoch
+    before = count_events(sched)
+    with pytest.raises(LeaseLostError):
+        await sched.complete("alice", "done")
+    await sched.stop(flush=False)
+    assert count_events(sched) == before
+    assert backend.updates_for("s1") == []  # the in_progress row stays for the new holder

@@ -385,6 +385,8 @@ class Lease:
         #: Renewals that succeeded, for metrics.
         self.renewals = 0
         self.fence: Fence | None = None
+        #: The row as this process last wrote it (acquisition or renewal).
+        self.held: Holder | None = None
 
     @property
     def locked(self) -> bool:
@@ -412,6 +414,7 @@ class Lease:
                 self.lock.release()
             raise
         self.fence = Fence(self.engine, self.identifier, held.epoch)
+        self.held = held
         return held
 
     def _acquire_row(self, got_lock: bool) -> Holder:
@@ -493,6 +496,7 @@ class Lease:
                 self.lock.release()
             raise LeaseLostError(self.identifier, self.epoch, "another process holds it now")
         self.renewals += 1
+        self.held = held
         return held
 
     def release(self) -> None:

@@ -20,9 +20,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from calsched.errors import JournalError, LeaseLostError
-from calsched.journal.lease import Fence, Lease
+from calsched.journal.lease import Fence, Holder, Lease
 from calsched.metrics import Metrics
 
 __all__ = ["LeaseKeeper"]
@@ -51,6 +52,8 @@ class LeaseKeeper:
         self._monotonic = monotonic
         #: When the last successful renewal (or the acquisition) started.
         self.last_ok = monotonic()
+        #: The lease row as last written by this process (acquisition or renewal).
+        self.holder: Holder | None = lease.held
         fence = self.fence
         self.metrics.lease_held.set_function(lambda: 0.0 if fence.lost else 1.0)
         self.metrics.lease_epoch.set(lease.epoch)
@@ -74,7 +77,7 @@ class LeaseKeeper:
             return
         try:
             async with asyncio.timeout(left):
-                await asyncio.to_thread(self.lease.renew)
+                held = await asyncio.to_thread(self.lease.renew)
         except LeaseLostError as exc:
             self._lose(exc.why)
         except (JournalError, TimeoutError) as exc:
@@ -84,7 +87,20 @@ class LeaseKeeper:
                 self._lose(f"not renewed within the lease time ({self.ttl_s:g} s)")
         else:
             self.last_ok = started
+            self.holder = held
             self.metrics.lease_renewals.labels("ok").inc()
+
+    def status(self) -> dict[str, Any]:
+        """The lease as the status page shows it: holder, epoch, expiry, and whether it
+        is still held (``lost`` says why not)."""
+        held = self.holder
+        return {
+            "state": "held" if self.fence.lost is None else "lost",
+            "lost": self.fence.lost,
+            **(held.to_wire() if held is not None else {"epoch": self.fence.epoch}),
+            "renewals": self.lease.renewals,
+            "refused_writes": self.fence.refused,
+        }
 
     def _lose(self, why: str) -> None:
         self.metrics.lease_renewals.labels("failed").inc()
