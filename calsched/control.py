@@ -53,8 +53,9 @@ from calsched.errors import (
     StaleSlotError,
 )
 from calsched.metrics import CONTENT_TYPE, Metrics
-from calsched.model import parse
+from calsched.model import SlotView, parse
 from calsched.ports import SlotTools
+from calsched.status import SlotEntry
 from calsched.tokens import MAX_AGENT_ID, MIN_SECRET_BYTES, agent_of_token, verify_admin_token
 
 __all__ = [
@@ -269,7 +270,7 @@ class _ControlApi:
 
     async def status(self, request: Request) -> Response:
         self._admin(request)
-        return JSONResponse(self.tools.status())
+        return JSONResponse(self.tools.status().to_wire())
 
     async def metrics_text(self, request: Request) -> Response:
         self._admin(request)
@@ -279,31 +280,36 @@ class _ControlApi:
 
     async def slot(self, request: Request) -> Response:
         agent_id = self._agent(request)
-        return JSONResponse((await self.tools.current_slot(agent_id)).to_wire())
+        return _slot_answer(await self.tools.current_slot(agent_id))
 
     async def complete(self, request: Request) -> Response:
         agent_id = self._agent(request)
         body = await self._body(request, _CompleteBody)
         view = await self.tools.complete(agent_id, body.summary, slot_id=body.slot_id)
-        return JSONResponse(view.to_wire())
+        return _slot_answer(view)
 
     async def abort(self, request: Request) -> Response:
         agent_id = self._agent(request)
         body = await self._body(request, _ReasonBody)
         view = await self.tools.abort(agent_id, body.reason, slot_id=body.slot_id)
-        return JSONResponse(view.to_wire())
+        return _slot_answer(view)
 
     async def pause(self, request: Request) -> Response:
         agent_id = self._agent(request)
         body = await self._body(request, _ReasonBody)
         view = await self.tools.pause(agent_id, body.reason, slot_id=body.slot_id)
-        return JSONResponse(view.to_wire())
+        return _slot_answer(view)
 
     async def resume(self, request: Request) -> Response:
         agent_id = self._agent(request)
         body = await self._body(request, _Body)
         view = await self.tools.resume(agent_id, slot_id=body.slot_id)
-        return JSONResponse(view.to_wire())
+        return _slot_answer(view)
+
+
+def _slot_answer(view: SlotView) -> Response:
+    """One slot, as the protocol answers for it: its :class:`SlotEntry`."""
+    return JSONResponse(SlotEntry.from_view(view).to_wire())
 
 
 class _HostCheck:

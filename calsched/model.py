@@ -452,15 +452,3 @@ class SlotView:
     def terminal(self) -> bool:
         """True once the slot's current attempt is completed or aborted."""
         return self.state in TERMINAL_STATES
-
-    def to_wire(self) -> dict[str, Any]:
-        """The slot as the control API and ``status()`` show it (protocol section 2)."""
-        return {
-            "slot": self.slot.to_wire(),
-            "state": self.state.value,
-            "attempt": self.attempt,
-            "started_at": format_time(self.started_at) if self.started_at else None,
-            "last_change": format_time(self.updated_at),
-            "summary": self.summary,
-            "reason": self.reason,
-        }

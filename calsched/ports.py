@@ -17,6 +17,7 @@ from calsched.model import (
     SlotUpdate,
     SlotView,
 )
+from calsched.status import SchedulerStatus
 
 __all__ = ["Backend", "Host", "RunningProbe", "SlotTools", "WakeRequest"]
 
@@ -126,6 +127,6 @@ class SlotTools(Protocol):
         """Resume the agent's paused slot."""
         ...
 
-    def status(self) -> dict[str, Any]:
-        """The scheduler status in the protocol's shape, JSON-ready."""
+    def status(self) -> SchedulerStatus:
+        """The scheduler status in the protocol's shape (section 2)."""
         ...

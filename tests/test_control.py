@@ -25,6 +25,7 @@ from calsched.errors import (
 )
 from calsched.metrics import CONTENT_TYPE, Metrics
 from calsched.model import Slot, SlotState, SlotView
+from calsched.status import SchedulerStatus, SlotEntry
 from calsched.tokens import admin_token, agent_token
 
 SECRET = b"control-test-secret-0123456789ab"
@@ -118,9 +119,9 @@ class FakeTools:
             agent_id, slot_id, "resume", {SlotState.paused}, state=SlotState.in_progress
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SchedulerStatus:
         self.calls.append(("status", "", None, None))
-        return {"enabled": True, "identifier": "host-a", "active": []}
+        return SchedulerStatus(identifier="host-a", heartbeat_every_s=30)
 
 
 @pytest.fixture
@@ -205,7 +206,7 @@ async def test_admin_token_reads_status(client: httpx.AsyncClient) -> None:
     """The admin token gets the scheduler status as JSON."""
     response = await client.get("/v1/status", headers=auth(ADMIN))
     assert response.status_code == 200
-    assert response.json() == {"enabled": True, "identifier": "host-a", "active": []}
+    assert response.json() == SchedulerStatus(identifier="host-a", heartbeat_every_s=30).to_wire()
 
 
 async def test_admin_token_reads_metrics(client: httpx.AsyncClient, metrics: Metrics) -> None:
@@ -261,9 +262,12 @@ async def test_own_and_admin_tokens_act(
 
 
 async def test_get_slot_answers_the_slot_view(client: httpx.AsyncClient) -> None:
-    """GET .../slot answers SlotView.to_wire() of the current slot."""
+    """GET .../slot answers the SlotEntry of the current slot."""
     response = await client.get("/v1/agents/alice/slot", headers=auth(ALICE))
-    assert response.json() == _view("s-1", "alice", SlotState.in_progress).to_wire()
+    assert (
+        response.json()
+        == SlotEntry.from_view(_view("s-1", "alice", SlotState.in_progress)).to_wire()
+    )
 
 
 async def test_complete_passes_summary_and_answers_the_changed_slot(

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "calsched"
 #: Bottom to top. An entry covers the module and, except the root package, its submodules.
 LAYERS: list[tuple[str, ...]] = [
     # The root package stays thin: it only holds __version__, which anyone may import.
-    ("calsched", "calsched.errors", "calsched.model"),
+    ("calsched", "calsched.errors", "calsched.model", "calsched.status"),
     ("calsched.lifecycle",),
     ("calsched.journal",),
     ("calsched.ports", "calsched.settings", "calsched.metrics", "calsched.logs", "calsched.tokens"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError, replace
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -25,7 +25,6 @@ from calsched.model import (
     Slot,
     SlotState,
     SlotUpdate,
-    SlotView,
     format_time,
     parse,
     parse_heartbeat_response,
@@ -401,34 +400,3 @@ def test_state_sets_partition_the_states() -> None:
         SlotState.aborted,
     } == REPORTED_STATES
     assert [s for s in SlotState if s.terminal] == [SlotState.completed, SlotState.aborted]
-
-
-def test_slot_view_to_wire() -> None:
-    """SlotView.to_wire is the control API's slot shape, times with Z."""
-    at = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
-    view = SlotView(
-        identifier="host-a",
-        slot_id="s-18",
-        agent_id="bob",
-        state=SlotState.paused,
-        attempt=2,
-        slot=parse(Slot, GOOD_SLOT),
-        received_at=at,
-        started_at=at + timedelta(seconds=1),
-        updated_at=at + timedelta(seconds=2),
-        resolved_at=None,
-        summary=None,
-        reason="lunch",
-        last_seq=7,
-    )
-    assert not view.terminal
-    assert view.to_wire() == {
-        "slot": parse(Slot, GOOD_SLOT).to_wire(),
-        "state": "paused",
-        "attempt": 2,
-        "started_at": "2026-11-27T22:00:01Z",
-        "last_change": "2026-11-27T22:00:02Z",
-        "summary": None,
-        "reason": "lunch",
-    }
-    assert replace(view, started_at=None).to_wire()["started_at"] is None

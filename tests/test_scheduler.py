@@ -281,7 +281,7 @@ async def test_history_is_full_in_sql_but_capped_in_status(
         await beat(sched)
         await sched.complete("alice", f"done {n}")
     status = sched.status()
-    assert [h["slot_id"] for h in status["history"]] == ["s3", "s2"]
+    assert [h.slot_id for h in status.history] == ["s3", "s2"]
     assert len(sched.journal.history(state=SlotState.completed)) == 4
 
 
@@ -369,7 +369,7 @@ async def test_rejected_update_is_dead_lettered(make: Factory, backend: InMemory
     backend.to_fire = [slot("s1")]
     await beat(sched)
     assert sched.journal.outbox_counts().dead == 1
-    assert sched.status()["outbox"]["dead"] == 1
+    assert sched.status().outbox.dead == 1
 
 
 async def test_refused_key_is_flagged_and_retried(make: Factory, backend: InMemoryBackend) -> None:
@@ -379,9 +379,9 @@ async def test_refused_key_is_flagged_and_retried(make: Factory, backend: InMemo
     backend.fail_status(BackendRefusedError("401", status_code=401))
     backend.to_fire = [slot("s1")]
     await beat(sched)
-    assert sched.status()["backend"]["key_refused"] is True
+    assert sched.status().backend.key_refused is True
     await _until_delivered(sched)
-    assert sched.status()["backend"]["key_refused"] is False
+    assert sched.status().backend.key_refused is False
 
 
 async def test_stale_listing_after_terminal_is_ignored_but_later_one_is_a_new_attempt(
@@ -448,9 +448,9 @@ async def test_failed_heartbeat_is_recorded_and_not_raised(
     await sched.recover()
     backend.fail_heartbeat(BackendUnavailableError("HTTP 503", status_code=503))
     await sched.heartbeat_once()
-    assert sched.status()["backend"]["last_error"] == "HTTP 503"
+    assert sched.status().backend.last_error == "HTTP 503"
     await sched.heartbeat_once()
-    assert sched.status()["backend"]["last_error"] is None
+    assert sched.status().backend.last_error is None
 
 
 async def test_restart_pending_sets_the_event(make: Factory, backend: InMemoryBackend) -> None:
@@ -460,7 +460,7 @@ async def test_restart_pending_sets_the_event(make: Factory, backend: InMemoryBa
     backend.restart_pending = True
     await sched.heartbeat_once()
     assert sched.restart_requested.is_set()
-    assert sched.status()["restart_pending"] is True
+    assert sched.status().restart_pending is True
 
 
 async def test_heartbeat_reports_every_active_slot(make: Factory, backend: InMemoryBackend) -> None:

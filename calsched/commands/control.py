@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -226,49 +227,59 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     cfg = config_of(ctx)
     data = _control_call(cfg, "GET", "/v1/status", admin_token(_secret(cfg, create=False)))
-    if as_json or not isinstance(data, Mapping):
+    if as_json:
         print_json(data)
         return
     _print_status(data)
 
 
-def _print_status(data: Mapping[str, Any]) -> None:
+def _print_status(data: Any) -> None:
+    from calsched.errors import InvalidInputError
+    from calsched.model import parse
+    from calsched.status import SchedulerStatus
+
+    try:
+        status = parse(SchedulerStatus, data)
+    except InvalidInputError as exc:
+        fail(f"the daemon's status is not in the expected shape: {exc}")
     out = console()
-    backend = data.get("backend") or {}
-    outbox = data.get("outbox") or {}
+    backend, outbox = status.backend, status.outbox
     out.print(
-        f"identifier {data.get('identifier')}  enabled {data.get('enabled')}  "
-        f"heartbeat every {data.get('heartbeat_every_s')}s, last {data.get('last_heartbeat')}"
+        f"identifier {status.identifier}  enabled {status.enabled}  "
+        f"heartbeat every {status.heartbeat_every_s:g}s, last {_when(status.last_heartbeat)}"
     )
-    refused = "  KEY REFUSED" if backend.get("key_refused") else ""
+    refused = "  KEY REFUSED" if backend.key_refused else ""
+    out.print(f"backend last ok {_when(backend.last_ok)}  last error {backend.last_error}{refused}")
     out.print(
-        f"backend last ok {backend.get('last_ok')}  last error {backend.get('last_error')}{refused}"
-    )
-    out.print(
-        f"outbox pending {outbox.get('pending')}  dead {outbox.get('dead')}  "
-        f"restart pending {data.get('restart_pending')}"
+        f"outbox pending {outbox.pending}  dead {outbox.dead}  "
+        f"restart pending {status.restart_pending}"
     )
     active = new_table(
         "slot", "agent", "state", "attempt", "started", "last change", title="active"
     )
-    for item in data.get("active") or []:
-        slot_data = item.get("slot") or {}
+    for entry in status.active:
         active.add_row(
-            str(slot_data.get("id")),
-            str(slot_data.get("agent_id")),
-            str(item.get("state")),
-            str(item.get("attempt")),
-            short_time(item.get("started_at")),
-            short_time(item.get("last_change")),
+            entry.slot.id,
+            entry.slot.agent_id,
+            entry.state.value,
+            str(entry.attempt),
+            _when(entry.started_at),
+            _when(entry.last_change),
         )
     out.print(active)
     recent = new_table("slot", "agent", "status", "resolved", "summary / reason", title="history")
-    for item in data.get("history") or []:
+    for item in status.history:
         recent.add_row(
-            str(item.get("slot_id")),
-            str(item.get("agent_id")),
-            str(item.get("status")),
-            short_time(item.get("resolved_at")),
-            str(item.get("summary") or item.get("reason") or ""),
+            item.slot_id,
+            item.agent_id,
+            item.status.value,
+            _when(item.resolved_at),
+            item.summary or item.reason or "",
         )
     out.print(recent)
+
+
+def _when(value: datetime | None) -> str:
+    from calsched.model import format_time
+
+    return short_time(format_time(value)) if value is not None else ""

@@ -4,9 +4,11 @@ It delivers the oldest undelivered row of each slot, one try per due row. The ro
 own retry schedule: a failed try sets ``next_try_at`` from the row's ``tries``
 (exponential, with equal jitter, capped at ``outbox_backoff_max_s``; ``Retry-After`` up to
 the same cap), so the backoff survives a restart and no second schedule runs in memory.
-Any failure, expected or not, is a failed try; a row that cannot even be marked waits for
-the next poll. A 409 reconciles the slot to the backend's status through the journal
-gateway, like every other change of the live view.
+Any failure, expected or not, is a failed try. A row that cannot even be marked means the
+journal itself is failing: then no delivery starts until a backoff of its own has passed
+(:meth:`OutboxWorker.journal_failed`), so a journal that is down costs one post and one
+log line per backoff step, not one per poll. A 409 reconciles the slot to the backend's
+status through the journal gateway, like every other change of the live view.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -26,12 +27,14 @@ from calsched.errors import (
     BackendRefusedError,
     BackendRejectedError,
     BackendUnavailableError,
+    JournalError,
 )
 from calsched.journal import Journal, OutboxRow
 from calsched.journal.store import OutboxCounts
 from calsched.metrics import Metrics
 from calsched.model import SlotState, SlotUpdate
 from calsched.ports import Backend
+from calsched.scheduler.backoff import equal_jitter, exponential
 from calsched.scheduler.gateway import JournalGateway
 from calsched.settings import SchedulerSettings
 
@@ -82,6 +85,9 @@ class OutboxWorker:
         #: Slot -> the last row whose delivery finished during the current outbox read.
         self._finished: dict[str, int] = {}
         self._counts_at = float("-inf")
+        #: While the journal fails: how many marks failed in a row, and until when to wait.
+        self._journal_failures = 0
+        self._held_until: datetime | None = None
 
     def kick(self) -> None:
         """Something new is due: pass now rather than at the next poll."""
@@ -103,14 +109,21 @@ class OutboxWorker:
                 await self.pass_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a journal hiccup must not end delivery for good
-                log.exception("outbox pass failed")
+            except Exception as exc:  # reading the outbox failed: hold, say so once a step
+                self.journal_failed(exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.outbox_poll_s):
                     await self._kick.wait()
 
+    @property
+    def held(self) -> bool:
+        """Whether deliveries wait for a failing journal's backoff to pass."""
+        return self._held_until is not None and self._clock() < self._held_until
+
     async def pass_once(self) -> int:
         """Start a delivery for each slot's due head row; return how many started."""
+        if self.held:
+            return 0
         async with self._pass_lock:
             # Cleared before reading, so a commit during the pass kicks the next one.
             self._kick.clear()
@@ -177,6 +190,9 @@ class OutboxWorker:
             await self._send(row, update)
         except asyncio.CancelledError:
             raise
+        except JournalError as exc:  # the row could not be marked (after the post, maybe)
+            self.journal_failed(exc)
+            return False
         except Exception as exc:
             wait = self.retry_wait(row.tries, None)
             log.error(
@@ -187,9 +203,41 @@ class OutboxWorker:
             )
             try:
                 await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
-            except Exception:  # the journal itself may be what failed
+            except Exception as failed:  # the journal itself may be what failed
+                self.journal_failed(failed)
                 return False
+        self._journal_recovered()
         return True
+
+    def journal_failed(self, exc: BaseException) -> None:
+        """The journal failed (a row could not be marked, the outbox not read): hold
+        every delivery for a backoff step.
+
+        The row stays due, so it is posted again after the step (its idempotency key lets
+        the backend drop the repeat); the wait doubles while the journal keeps failing.
+        """
+        if self.held:
+            return  # another delivery of this pass already held the outbox and said so
+        self._journal_failures += 1
+        s = self.settings
+        wait = equal_jitter(
+            exponential(
+                self._journal_failures - 1, s.outbox_backoff_initial_s, s.outbox_backoff_max_s
+            )
+        )
+        self._held_until = self._clock() + timedelta(seconds=wait)
+        what = (
+            f"journal unavailable: {exc}"
+            if isinstance(exc, JournalError)
+            else f"outbox failed unexpectedly: {type(exc).__name__}: {exc}"
+        )
+        log.error("%s; outbox deliveries held, next try in %.1fs", what, wait)
+
+    def _journal_recovered(self) -> None:
+        if self._journal_failures:
+            log.warning("journal available again: outbox deliveries resume")
+        self._journal_failures = 0
+        self._held_until = None
 
     def retry_wait(self, tries: int, hint: float | None) -> float:
         """Seconds until the next try: the backend's ``Retry-After`` if it gave a usable
@@ -197,8 +245,7 @@ class OutboxWorker:
         s = self.settings
         if hint is not None and math.isfinite(hint) and hint >= 0:
             return min(hint, s.outbox_backoff_max_s)
-        base = min(s.outbox_backoff_max_s, s.outbox_backoff_initial_s * 2.0 ** min(tries, 64))
-        return base / 2 + random.uniform(0, base / 2)
+        return equal_jitter(exponential(tries, s.outbox_backoff_initial_s, s.outbox_backoff_max_s))
 
     async def _reschedule(self, row: OutboxRow, wait: float, error: str) -> None:
         next_try = self._clock() + timedelta(seconds=wait)

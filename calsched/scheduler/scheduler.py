@@ -1,9 +1,10 @@
-"""The scheduler: heartbeat, intake, dispatch and wakes, the agents' tools, recovery.
+"""The scheduler: a thin facade over its pieces, with the agents' tools and start/stop.
 
 It is the seed's ``Scheduler`` made durable. Every decision becomes a
 :class:`~calsched.journal.TransitionRequest`; the :class:`JournalGateway` is the one way
 to the journal (group commit on a writer thread, so the event loop never blocks on a
 commit), and effects (wakes, backend calls) only happen after the commit returned. The
+:class:`Heartbeat` takes slots in, the :class:`Dispatcher` wakes agents, the
 :class:`OutboxWorker` tells the backend.
 
 The live view (:class:`LiveView`, indexed by agent) holds the non-terminal slots. It
@@ -23,46 +24,28 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from calsched.errors import (
-    BackendError,
-    BackendRefusedError,
-    ConfigError,
-    NoActiveSlotError,
-    StaleSlotError,
-)
+from calsched.errors import ConfigError, NoActiveSlotError, StaleSlotError
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
-from calsched.model import (
-    ActiveSlotReport,
-    Actor,
-    AgentReport,
-    HeartbeatRequest,
-    PluginInfo,
-    Slot,
-    SlotState,
-    SlotView,
-    Trigger,
-    format_time,
-    utcnow,
-)
+from calsched.model import Actor, SlotState, SlotView, Trigger, utcnow
 from calsched.ports import Backend, Host
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
-from calsched.scheduler.intake import Known, fresh_slots, plan_intake
+from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
-from calsched.scheduler.outbox import OutboxWorker, no_answer
+from calsched.scheduler.outbox import OutboxWorker
 from calsched.settings import SchedulerSettings
+from calsched.status import HistoryEntry, OutboxSummary, SchedulerStatus, SlotEntry
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
 log = logging.getLogger("calsched.scheduler")
-T = TypeVar("T")
 Clock = Callable[[], datetime]
 
 #: The named seams where a crash harness may stop the process (``failpoint=`` hook).
@@ -122,21 +105,26 @@ class Scheduler:
             backend,
             metrics=self.metrics,
             clock=clock,
-            report_key=self._set_key_refused,
+            report_key=self._key_refused,
             reconciled=self._dispatch.pump,
             failpoint=failpoint,
         )
+        self._heartbeat = Heartbeat(
+            settings,
+            self._gateway,
+            self._live,
+            self._dispatch,
+            backend,
+            host,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        #: Set when a heartbeat answers ``restart_pending: true``.
+        self.restart_requested = self._heartbeat.restart_requested
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
-        self._history: deque[dict[str, Any]] = deque(maxlen=settings.history_cap)
+        self._history: deque[HistoryEntry] = deque(maxlen=settings.history_cap)
         self._loops: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
-        self._last_heartbeat: datetime | None = None
-        self._last_ok: datetime | None = None
-        self._last_error: str | None = None
-        self._key_refused = False
-        self._restart_pending = False
-        #: Set when a heartbeat answers ``restart_pending: true``.
-        self.restart_requested = asyncio.Event()
         self._started = False
 
     # -- the live view ------------------------------------------------------------------
@@ -148,23 +136,10 @@ class Scheduler:
             self.metrics.transitions.labels(event.kind.value).inc()
             if notifies_backend(event.kind, event.state_to):
                 outbox = True
-        for view in self._live.absorb(applied):
-            self._remember(view)
+        self._history.extend(HistoryEntry.from_view(v) for v in self._live.absorb(applied))
         self.metrics.active_slots.set(len(self._live))
         if outbox:
             self._outbox.kick()
-
-    def _remember(self, view: SlotView) -> None:
-        self._history.append(
-            {
-                "slot_id": view.slot_id,
-                "agent_id": view.agent_id,
-                "status": view.state.value,
-                "resolved_at": format_time(view.resolved_at or view.updated_at),
-                "summary": view.summary,
-                "reason": view.reason,
-            }
-        )
 
     # -- lifecycle of the scheduler itself -----------------------------------------------
 
@@ -175,7 +150,7 @@ class Scheduler:
         self._started = True
         await self.recover()
         self._loops = [
-            asyncio.create_task(self._heartbeat_loop(), name="calsched-heartbeat"),
+            asyncio.create_task(self._heartbeat.run(), name="calsched-heartbeat"),
             asyncio.create_task(self._outbox.run(), name="calsched-outbox"),
         ]
 
@@ -265,9 +240,7 @@ class Scheduler:
         recent = await self._gateway.read(self.journal.history, limit=cap) if cap else []
         self._live.load(views)
         self._history.clear()
-        for view in reversed(recent):
-            if view.terminal:
-                self._remember(view)
+        self._history.extend(HistoryEntry.from_view(v) for v in reversed(recent) if v.terminal)
         self.metrics.active_slots.set(len(self._live))
         self._failpoint("during_recovery")
         for view in views:
@@ -278,97 +251,12 @@ class Scheduler:
         await self._outbox.refresh_counts()
         self._outbox.kick()
 
-    # -- heartbeat -----------------------------------------------------------------------
+    async def heartbeat_once(self) -> bool:
+        """Send one heartbeat and take in its slots; whether the backend answered.
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval_s
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.heartbeat_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must never die; next tick tries again
-                log.exception("heartbeat failed unexpectedly")
-            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
-
-    async def heartbeat_once(self) -> None:
-        """Send one heartbeat and take in the slots it returns. Never raises a backend error."""
-        sent_at = self._clock()
-        agents = await self._list_agents()
-        request = HeartbeatRequest(
-            identifier=self.settings.identifier,
-            plugin_info=PluginInfo(),
-            captured_at=sent_at,
-            agents=agents,
-            active_slots=[
-                ActiveSlotReport(
-                    id=v.slot_id, agent_id=v.agent_id, state=v.state, attempt=v.attempt
-                )
-                for v in self._live.sorted()
-            ],
-        )
-        self._last_heartbeat = sent_at
-        try:
-            async with asyncio.timeout(self.settings.backend_deadline_s):
-                response, rejected = await self.backend.heartbeat(request)
-        except (BackendError, TimeoutError) as caught:
-            exc = (
-                no_answer(self.settings.backend_deadline_s)
-                if isinstance(caught, TimeoutError)
-                else caught
-            )
-            self.metrics.heartbeats.labels("failed").inc()
-            self._last_error = str(exc)
-            if isinstance(exc, BackendRefusedError):
-                self._key_refused = True
-            log.warning("heartbeat failed: %s", self._last_error)
-            return
-        self.metrics.heartbeats.labels("ok").inc()
-        self._last_ok = self._clock()
-        self._last_error = None
-        self._key_refused = False
-        self._restart_pending = response.restart_pending
-        if response.restart_pending:
-            self.restart_requested.set()
-        for bad in rejected:
-            log.warning("skipped an invalid slot from the backend: %s", bad.error)
-        if response.slots_to_fire:
-            await self._intake(response.slots_to_fire, sent_at)
-
-    async def _list_agents(self) -> list[AgentReport]:
-        try:
-            return await self.host.list_agents()
-        except Exception as exc:  # a failed agent list must not fail the beat
-            log.warning("listing agents failed: %s", type(exc).__name__)
-            return []
-
-    async def _intake(self, listed: Sequence[Slot], sent_at: datetime) -> None:
-        """Journal the newly listed slots in one transaction, then dispatch."""
-        fresh = fresh_slots(listed, self._live.__contains__)
-        if not fresh:
-            return
-        views = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
-        known: dict[str, Known] = {}
-        for slot_id, view in views.items():
-            settled = None
-            if view.terminal:
-                settled = await self._gateway.read(self.journal.terminal_settled_at, slot_id)
-            known[slot_id] = Known(ended=view.terminal, settled_at=settled)
-        requests = plan_intake(
-            fresh,
-            known,
-            self._live.of_agent,
-            sent_at=sent_at,
-            now=self._clock(),
-            policy=self.settings.policy,
-            misfire_grace_s=self.settings.misfire_grace_s,
-        )
-        if not requests:
-            return
-        await self._gateway.commit_tolerant(requests)
-        await self._dispatch.pump_many(sorted({s.agent_id for s in fresh}))
+        For tests and embedding hosts that drive beats themselves (with :meth:`idle`).
+        """
+        return await self._heartbeat.once()
 
     # -- the agents' tools (ports.SlotTools) ---------------------------------------------
 
@@ -436,36 +324,28 @@ class Scheduler:
 
     # -- status --------------------------------------------------------------------------
 
-    def _set_key_refused(self, refused: bool) -> None:
-        self._key_refused = refused
-
     @property
     def restart_pending(self) -> bool:
         """What the last successful heartbeat said of ``restart_pending``."""
-        return self._restart_pending
+        return self._heartbeat.restart_pending
 
     def active(self) -> list[SlotView]:
         """The live view: every non-terminal slot, oldest first."""
         return self._live.sorted()
 
-    def status(self) -> dict[str, Any]:
-        """The scheduler status in the protocol's shape (section 2), JSON-ready."""
-        return {
-            "enabled": True,
-            "identifier": self.settings.identifier,
-            "last_heartbeat": _opt_time(self._last_heartbeat),
-            "heartbeat_every_s": self.settings.heartbeat_interval_s,
-            "backend": {
-                "last_ok": _opt_time(self._last_ok),
-                "last_error": self._last_error,
-                "key_refused": self._key_refused,
-            },
-            "active": [v.to_wire() for v in self._live.sorted()],
-            "history": list(self._history)[::-1],
-            "outbox": {"pending": self._outbox.counts.pending, "dead": self._outbox.counts.dead},
-            "restart_pending": self._restart_pending,
-        }
+    def status(self) -> SchedulerStatus:
+        """The scheduler status in the protocol's shape (section 2)."""
+        counts = self._outbox.counts
+        return SchedulerStatus(
+            identifier=self.settings.identifier,
+            last_heartbeat=self._heartbeat.last_sent,
+            heartbeat_every_s=self.settings.heartbeat_interval_s,
+            backend=self._heartbeat.health,
+            active=[SlotEntry.from_view(v) for v in self._live.sorted()],
+            history=list(self._history)[::-1],
+            outbox=OutboxSummary(pending=counts.pending, dead=counts.dead),
+            restart_pending=self._heartbeat.restart_pending,
+        )
 
-
-def _opt_time(value: datetime | None) -> str | None:
-    return format_time(value) if value is not None else None
+    def _key_refused(self, refused: bool) -> None:
+        self._heartbeat.key_refused(refused)

@@ -22,7 +22,8 @@ from typer.testing import CliRunner, Result
 from calsched.cli import app
 from calsched.control import create_control_app
 from calsched.errors import InvalidTransitionError, NoActiveSlotError, StaleSlotError
-from calsched.model import Slot, SlotState, SlotView
+from calsched.model import Slot, SlotState, SlotView, parse
+from calsched.status import SchedulerStatus, SlotEntry
 from calsched.testing import serve_backend
 from calsched.tokens import agent_token, load_or_create_secret
 
@@ -105,28 +106,35 @@ class RecordingTools:
             raise InvalidTransitionError(found.slot_id, found.state.value, "resume")
         return self._move(agent_id, SlotState.in_progress, reason=None)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SchedulerStatus:
         """A status in the protocol's shape."""
-        return {
-            "enabled": True,
-            "identifier": "host-a",
-            "last_heartbeat": "2026-11-27T22:00:00Z",
-            "heartbeat_every_s": 30,
-            "backend": {"last_ok": "2026-11-27T22:00:00Z", "last_error": None, "key_refused": True},
-            "active": [self.current["bob"].to_wire()],
-            "history": [
-                {
-                    "slot_id": "s-17",
-                    "agent_id": "alice",
-                    "status": "completed",
-                    "resolved_at": "2026-11-27T21:59:00Z",
-                    "summary": "sent",
-                    "reason": None,
-                }
-            ],
-            "outbox": {"pending": 2, "dead": 1},
-            "restart_pending": False,
-        }
+        return parse(
+            SchedulerStatus,
+            {
+                "enabled": True,
+                "identifier": "host-a",
+                "last_heartbeat": "2026-11-27T22:00:00Z",
+                "heartbeat_every_s": 30,
+                "backend": {
+                    "last_ok": "2026-11-27T22:00:00Z",
+                    "last_error": None,
+                    "key_refused": True,
+                },
+                "active": [SlotEntry.from_view(self.current["bob"]).to_wire()],
+                "history": [
+                    {
+                        "slot_id": "s-17",
+                        "agent_id": "alice",
+                        "status": "completed",
+                        "resolved_at": "2026-11-27T21:59:00Z",
+                        "summary": "sent",
+                        "reason": None,
+                    }
+                ],
+                "outbox": {"pending": 2, "dead": 1},
+                "restart_pending": False,
+            },
+        )
 
 
 @pytest.fixture
@@ -174,7 +182,7 @@ async def test_slot(control: bytes, tools: RecordingTools) -> None:
     assert text.splitlines()[0] == "slot s-18 of agent bob: in_progress (attempt 1)"
     assert "title: Daily report" in text
     data = json.loads((await cli("slot", "--agent", "bob", "--json")).stdout)
-    assert data == tools.current["bob"].to_wire()
+    assert data == SlotEntry.from_view(tools.current["bob"]).to_wire()
     assert tools.calls == [("slot", "bob"), ("slot", "bob")]
 
 
@@ -251,7 +259,7 @@ async def test_agent_id_is_quoted_in_the_path(control: bytes, tools: RecordingTo
 async def test_status(control: bytes, tools: RecordingTools) -> None:
     """status shows the scheduler status (admin token): tables, or the JSON as served."""
     data = json.loads((await cli("status", "--json")).stdout)
-    assert data == tools.status()
+    assert data == tools.status().to_wire()
     text = (await cli("status")).stdout
     for expected in ("identifier host-a", "KEY REFUSED", "pending 2", "dead 1", "s-18", "s-17"):
         assert expected in text

@@ -110,10 +110,10 @@ async def test_refused_key_shows_in_status_and_heartbeats_fail(
     faults.refused(route="heartbeat")
     await sched.heartbeat_once()
     status = sched.status()
-    assert status["backend"]["key_refused"] is True
+    assert status.backend.key_refused is True
     assert "integration-key" not in repr(status)
     await sched.heartbeat_once()
-    assert sched.status()["backend"]["key_refused"] is False
+    assert sched.status().backend.key_refused is False
 
 
 async def test_backend_conflict_reconciles(boot: Boot, calendar: LocalCalendar) -> None:

@@ -1,0 +1,110 @@
+"""The scheduler's status: one typed shape for the control API, the CLI and every tool.
+
+``../shared/protocol.md`` section 2 gives the shape; :class:`SchedulerStatus` is it, with
+the protocol's field names. The scheduler builds it, the control API serves
+``to_wire()``, and the CLI validates the daemon's answer back into it, so a field renamed
+on one side fails on the other instead of printing ``None``.
+
+:class:`SlotEntry` is also how the control API answers for one slot (the agent's current
+slot, the slot after a tool call).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import PlainSerializer
+
+from calsched.model import Slot, SlotState, SlotView, WireModel, format_time
+
+__all__ = ["BackendHealth", "HistoryEntry", "OutboxSummary", "SchedulerStatus", "SlotEntry"]
+
+
+#: A time on the wire: RFC 3339 UTC with ``Z``, as everywhere in the protocol.
+Time = Annotated[datetime, PlainSerializer(format_time, return_type=str, when_used="json")]
+#: A slot on the wire: its own shape (times with ``Z``), not pydantic's dataclass dump.
+WireSlot = Annotated[Slot, PlainSerializer(Slot.to_wire, when_used="json")]
+
+
+class SlotEntry(WireModel):
+    """A live slot: the slot as received, where it is and since when.
+
+    Example: ``SlotEntry.from_view(view).to_wire()["state"] == "in_progress"``
+    """
+
+    slot: WireSlot
+    state: SlotState
+    attempt: int
+    started_at: Time | None
+    last_change: Time
+    summary: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_view(cls, view: SlotView) -> SlotEntry:
+        """The entry of one slot's projection."""
+        return cls(
+            slot=view.slot,
+            state=view.state,
+            attempt=view.attempt,
+            started_at=view.started_at,
+            last_change=view.updated_at,
+            summary=view.summary,
+            reason=view.reason,
+        )
+
+
+class HistoryEntry(WireModel):
+    """A slot that ended (completed or aborted), newest first in :class:`SchedulerStatus`."""
+
+    slot_id: str
+    agent_id: str
+    status: SlotState
+    resolved_at: Time
+    summary: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_view(cls, view: SlotView) -> HistoryEntry:
+        """The entry of an ended slot's projection."""
+        return cls(
+            slot_id=view.slot_id,
+            agent_id=view.agent_id,
+            status=view.state,
+            resolved_at=view.resolved_at or view.updated_at,
+            summary=view.summary,
+            reason=view.reason,
+        )
+
+
+class BackendHealth(WireModel):
+    """What the last heartbeats said of the backend."""
+
+    last_ok: Time | None = None
+    last_error: str | None = None
+    key_refused: bool = False
+
+
+class OutboxSummary(WireModel):
+    """Status updates waiting for the backend, and those given up on (dead letters)."""
+
+    pending: int = 0
+    dead: int = 0
+
+
+class SchedulerStatus(WireModel):
+    """The scheduler status (protocol section 2).
+
+    Example: ``SchedulerStatus.model_validate(response.json()).outbox.dead``
+    """
+
+    enabled: bool = True
+    identifier: str
+    last_heartbeat: Time | None = None
+    heartbeat_every_s: float
+    backend: BackendHealth = BackendHealth()
+    active: list[SlotEntry] = []
+    history: list[HistoryEntry] = []
+    outbox: OutboxSummary = OutboxSummary()
+    restart_pending: bool = False
