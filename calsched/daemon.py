@@ -286,7 +286,14 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
         # From the writer thread (a refused write) or the loop (a failed renewal).
         fence.on_lost(lambda _why: _post(loop, lost.set))
         keeping = asyncio.create_task(keeper.run(), name="calsched-lease")
-        scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
+        scheduler = Scheduler(
+            cfg.scheduler_settings(),
+            journal,
+            backend,
+            host,
+            metrics=metrics,
+            lease_status=keeper.status,
+        )
         app = create_control_app(
             scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
         )

@@ -12,13 +12,20 @@ slot, the slot after a tool call).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import PlainSerializer
 
 from calsched.model import Slot, SlotState, SlotView, WireModel, format_time
 
-__all__ = ["BackendHealth", "HistoryEntry", "OutboxSummary", "SchedulerStatus", "SlotEntry"]
+__all__ = [
+    "BackendHealth",
+    "HistoryEntry",
+    "LeaseStatus",
+    "OutboxSummary",
+    "SchedulerStatus",
+    "SlotEntry",
+]
 
 
 #: A time on the wire: RFC 3339 UTC with ``Z``, as everywhere in the protocol.
@@ -93,6 +100,26 @@ class OutboxSummary(WireModel):
     dead: int = 0
 
 
+class LeaseStatus(WireModel):
+    """The identifier's lease as this daemon holds it (docs/operations.md): the holder
+    as last renewed, its epoch (the fencing token) and expiry; ``lost`` says why a lease
+    is no longer held (the daemon is stepping down)."""
+
+    state: Literal["held", "lost"]
+    lost: str | None = None
+    epoch: int
+    host: str
+    pid: int
+    since: Time
+    renewed_at: Time
+    expires_at: Time
+    #: Whether this daemon also holds the death lock (``false`` after a takeover by
+    #: expiry, until the silent holder is gone).
+    locked: bool
+    renewals: int = 0
+    refused_writes: int = 0
+
+
 class SchedulerStatus(WireModel):
     """The scheduler status (protocol section 2).
 
@@ -108,3 +135,5 @@ class SchedulerStatus(WireModel):
     history: list[HistoryEntry] = []
     outbox: OutboxSummary = OutboxSummary()
     restart_pending: bool = False
+    #: ``None`` for a scheduler run without a lease (a library user, the tests).
+    lease: LeaseStatus | None = None

@@ -134,12 +134,12 @@ async def test_status_shows_holder_epoch_and_state(lease: Lease, clock: FakeCloc
     clock.advance(3)
     monotonic.now += 3
     await keeper.renew_once()
-    shown = keeper.status()
+    shown = keeper.status().to_wire()
     assert shown["state"] == "held"
     assert shown["epoch"] == 1
     assert shown["pid"] == lease.pid
     assert shown["expires_at"] == (clock.now + lease.ttl).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
     assert shown["renewals"] == 1
     keeper.fence.lose("epoch 2 took over")
-    assert keeper.status()["state"] == "lost"
-    assert keeper.status()["lost"] == "epoch 2 took over"
+    assert keeper.status().state == "lost"
+    assert keeper.status().lost == "epoch 2 took over"

@@ -12,6 +12,7 @@ from calsched.model import Slot, SlotState, SlotView, parse
 from calsched.status import (
     BackendHealth,
     HistoryEntry,
+    LeaseStatus,
     OutboxSummary,
     SchedulerStatus,
     SlotEntry,
@@ -88,6 +89,17 @@ def full_status() -> SchedulerStatus:
         history=[HistoryEntry.from_view(view(SlotState.completed))],
         outbox=OutboxSummary(pending=2, dead=1),
         restart_pending=True,
+        lease=LeaseStatus(
+            state="held",
+            epoch=7,
+            host="web-1",
+            pid=4242,
+            since=AT - timedelta(hours=1),
+            renewed_at=AT,
+            expires_at=AT + timedelta(seconds=20),
+            locked=True,
+            renewals=180,
+        ),
     )
 
 
@@ -104,6 +116,7 @@ def test_the_status_has_exactly_the_protocols_keys() -> None:
         "history",
         "outbox",
         "restart_pending",
+        "lease",
     }
     assert wire["last_heartbeat"] == "2026-11-27T22:00:00Z"
     assert wire["backend"] == {
@@ -113,6 +126,25 @@ def test_the_status_has_exactly_the_protocols_keys() -> None:
     }
     assert wire["outbox"] == {"pending": 2, "dead": 1}
     assert wire["enabled"] is True
+    assert wire["lease"] == {
+        "state": "held",
+        "lost": None,
+        "epoch": 7,
+        "host": "web-1",
+        "pid": 4242,
+        "since": "2026-11-27T21:00:00Z",
+        "renewed_at": "2026-11-27T22:00:00Z",
+        "expires_at": "2026-11-27T22:00:20Z",
+        "locked": True,
+        "renewals": 180,
+        "refused_writes": 0,
+    }
+
+
+def test_a_scheduler_without_a_lease_shows_none() -> None:
+    """A library user's scheduler runs without a lease: ``lease`` is null."""
+    bare = SchedulerStatus(identifier="host-a", heartbeat_every_s=30)
+    assert bare.to_wire()["lease"] is None
 
 
 def test_the_wire_shape_parses_back_to_the_same_status() -> None:

@@ -254,6 +254,13 @@ def _print_status(data: Any) -> None:
         f"outbox pending {outbox.pending}  dead {outbox.dead}  "
         f"restart pending {status.restart_pending}"
     )
+    lease = status.lease
+    if lease is not None:
+        lost = f"  LOST: {lease.lost}" if lease.lost else ""
+        out.print(
+            f"lease epoch {lease.epoch}  held by {lease.host} pid {lease.pid} "
+            f"since {_when(lease.since)}  expires {_when(lease.expires_at)}{lost}"
+        )
     active = new_table(
         "slot", "agent", "state", "attempt", "started", "last change", title="active"
     )

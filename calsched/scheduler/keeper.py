@@ -20,11 +20,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from calsched.errors import JournalError, LeaseLostError
 from calsched.journal.lease import Fence, Holder, Lease
 from calsched.metrics import Metrics
+from calsched.status import LeaseStatus
 
 __all__ = ["LeaseKeeper"]
 
@@ -42,7 +42,7 @@ class LeaseKeeper:
         metrics: Metrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if lease.fence is None or lease.epoch is None:
+        if lease.fence is None or lease.epoch is None or lease.held is None:
             raise ValueError("the lease keeper needs an acquired lease")
         self.lease = lease
         self.fence: Fence = lease.fence
@@ -53,7 +53,7 @@ class LeaseKeeper:
         #: When the last successful renewal (or the acquisition) started.
         self.last_ok = monotonic()
         #: The lease row as last written by this process (acquisition or renewal).
-        self.holder: Holder | None = lease.held
+        self.holder: Holder = lease.held
         fence = self.fence
         self.metrics.lease_held.set_function(lambda: 0.0 if fence.lost else 1.0)
         self.metrics.lease_epoch.set(lease.epoch)
@@ -90,17 +90,22 @@ class LeaseKeeper:
             self.holder = held
             self.metrics.lease_renewals.labels("ok").inc()
 
-    def status(self) -> dict[str, Any]:
-        """The lease as the status page shows it: holder, epoch, expiry, and whether it
-        is still held (``lost`` says why not)."""
+    def status(self) -> LeaseStatus:
+        """The lease as the status page shows it."""
         held = self.holder
-        return {
-            "state": "held" if self.fence.lost is None else "lost",
-            "lost": self.fence.lost,
-            **(held.to_wire() if held is not None else {"epoch": self.fence.epoch}),
-            "renewals": self.lease.renewals,
-            "refused_writes": self.fence.refused,
-        }
+        return LeaseStatus(
+            state="held" if self.fence.lost is None else "lost",
+            lost=self.fence.lost,
+            epoch=held.epoch,
+            host=held.host,
+            pid=held.pid,
+            since=held.acquired_at,
+            renewed_at=held.renewed_at,
+            expires_at=held.expires_at,
+            locked=held.locked,
+            renewals=self.lease.renewals,
+            refused_writes=self.fence.refused,
+        )
 
     def _lose(self, why: str) -> None:
         self.metrics.lease_renewals.labels("failed").inc()

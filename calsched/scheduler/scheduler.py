@@ -41,7 +41,13 @@ from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker
 from calsched.settings import SchedulerSettings
-from calsched.status import HistoryEntry, OutboxSummary, SchedulerStatus, SlotEntry
+from calsched.status import (
+    HistoryEntry,
+    LeaseStatus,
+    OutboxSummary,
+    SchedulerStatus,
+    SlotEntry,
+)
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
@@ -73,6 +79,7 @@ class Scheduler:
         metrics: Metrics | None = None,
         clock: Clock = utcnow,
         failpoint: Callable[[str], None] = _no_failpoint,
+        lease_status: Callable[[], LeaseStatus] | None = None,
     ) -> None:
         if settings.identifier != journal.identifier:
             raise ConfigError(
@@ -80,6 +87,8 @@ class Scheduler:
                 f"journal's {journal.identifier!r}"
             )
         self.settings = settings
+        #: The lease this scheduler runs under, for status (the daemon's LeaseKeeper).
+        self._lease_status = lease_status
         self._failpoint = failpoint
         self.journal = journal
         self.backend = backend
@@ -345,6 +354,7 @@ class Scheduler:
             history=list(self._history)[::-1],
             outbox=OutboxSummary(pending=counts.pending, dead=counts.dead),
             restart_pending=self._heartbeat.restart_pending,
+            lease=self._lease_status() if self._lease_status is not None else None,
         )
 
     def _key_refused(self, refused: bool) -> None:

@@ -133,6 +133,16 @@ class RecordingTools:
                 ],
                 "outbox": {"pending": 2, "dead": 1},
                 "restart_pending": False,
+                "lease": {
+                    "state": "held",
+                    "epoch": 7,
+                    "host": "web-1",
+                    "pid": 4242,
+                    "since": "2026-11-27T21:00:00Z",
+                    "renewed_at": "2026-11-27T22:00:00Z",
+                    "expires_at": "2026-11-27T22:00:20Z",
+                    "locked": True,
+                },
             },
         )
 
@@ -261,5 +271,13 @@ async def test_status(control: bytes, tools: RecordingTools) -> None:
     data = json.loads((await cli("status", "--json")).stdout)
     assert data == tools.status().to_wire()
     text = (await cli("status")).stdout
-    for expected in ("identifier host-a", "KEY REFUSED", "pending 2", "dead 1", "s-18", "s-17"):
+    for expected in (
+        "identifier host-a",
+        "KEY REFUSED",
+        "pending 2",
+        "dead 1",
+        "s-18",
+        "s-17",
+        "lease epoch 7  held by web-1 pid 4242",
+    ):
         assert expected in text

@@ -305,6 +305,12 @@ async def test_sigkill_holder_standby_takes_over_at_once(
         )
         _figure("sigkill-standby-takeover-s", f"{took:.2f} (lease time {HOUR:g} s)")
         assert re.search(r"lease acquired.*epoch=2.*takeover=dead_holder", standby.text())
+        shown = site.run(standby.config, "status")
+        assert shown.returncode == 0, shown.stderr
+        assert standby.proc is not None
+        assert f"lease epoch 2  held by {socket.gethostname()} pid {standby.proc.pid}" in (
+            shown.stdout
+        )
         done = site.run(standby.config, "complete", "--agent", AGENT, "--summary", "ok")
         assert done.returncode == 0, done.stderr
         await _until("the completed receipt", lambda: _last(site, "k1", "completed"), site)
