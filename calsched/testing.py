@@ -1,7 +1,7 @@
 """Public fakes for tests: yours and ours.
 
-- :class:`InMemoryHost`: a :class:`~calsched.ports.Host` and
-  :class:`~calsched.ports.RunningProbe` that records wakes and can fail or hang them.
+- :class:`InMemoryHost`: a :class:`~calsched.ports.Host` that records wakes and can fail
+  or hang them.
 - :class:`InMemoryBackend`: a :class:`~calsched.ports.Backend` that serves the slots you
   give it, records status updates once per idempotency key, and raises errors you queue.
 - :class:`FaultPlan`: faults for the reference backend
@@ -53,9 +53,7 @@ class InMemoryHost:
     """A host in memory: every wake is recorded in :attr:`wakes`; agents are a plain list.
 
     Tell it to fail an agent's wakes (:meth:`fail_wakes`) or to hang them until
-    :meth:`heal` or cancellation (:meth:`hang_wakes`). :meth:`is_running` answers from
-    :attr:`running`, a set of ``(agent_id, source)`` the test controls (``None`` for every
-    question while :attr:`probe_known` is false). Use it from one event loop.
+    :meth:`heal` or cancellation (:meth:`hang_wakes`). Use it from one event loop.
     """
 
     def __init__(self, agents: Iterable[AgentReport | str] = ()) -> None:
@@ -68,10 +66,6 @@ class InMemoryHost:
         self.wakes: list[WakeRequest] = []
         #: The wakes that were accepted.
         self.accepted: list[WakeRequest] = []
-        #: ``(agent_id, source)`` pairs :meth:`is_running` answers true for.
-        self.running: set[tuple[str, str]] = set()
-        #: While false, :meth:`is_running` answers ``None`` (the host cannot tell).
-        self.probe_known = True
         self._failing: dict[str, str] = {}
         self._hanging: set[str] = set()
         self._released = asyncio.Event()
@@ -115,12 +109,6 @@ class InMemoryHost:
     async def list_agents(self) -> list[AgentReport]:
         """A copy of :attr:`agents`."""
         return list(self.agents)
-
-    async def is_running(self, agent_id: str, source: str) -> bool | None:
-        """Whether ``(agent_id, source)`` is in :attr:`running`; ``None`` if not known."""
-        if not self.probe_known:
-            return None
-        return (agent_id, source) in self.running
 
 
 # -- the backend --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from calsched.errors import BackendConflictError, BackendUnavailableError, WakeFailedError
 from calsched.model import AgentReport, AgentStatus, HeartbeatRequest, Slot, SlotState, SlotUpdate
-from calsched.ports import RunningProbe, WakeRequest
+from calsched.ports import WakeRequest
 from calsched.testing import InMemoryBackend, InMemoryHost
 
 T0 = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
@@ -106,17 +106,6 @@ async def test_host_lists_agents() -> None:
     assert agents == [AgentReport(id="bob", status=AgentStatus.idle), report]
     agents.clear()
     assert len(await host.list_agents()) == 2
-
-
-async def test_host_running_probe() -> None:
-    """is_running answers from .running, or None while probe_known is false."""
-    host = InMemoryHost()
-    assert isinstance(host, RunningProbe)
-    host.running.add(("bob", "calendar:slot-s1"))
-    assert await host.is_running("bob", "calendar:slot-s1") is True
-    assert await host.is_running("bob", "calendar:slot-s2") is False
-    host.probe_known = False
-    assert await host.is_running("bob", "calendar:slot-s1") is None
 
 
 # -- InMemoryBackend ----------------------------------------------------------------------
