@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from calsched.bodies import read_capped
 from calsched.errors import (
     CalschedError,
     ConfigError,
@@ -218,17 +219,11 @@ class _ControlApi:
     # -- reading the body -----------------------------------------------------------------
 
     async def _read(self, request: Request) -> bytes:
-        too_large = _ApiError(413, "too_large", f"the body is over {self.max_body} bytes")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            raise too_large  # honest and too big: no need to read it
-        body = bytearray()
-        # Counted as it arrives: a small Content-Length may be a lie.
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body:
-                raise too_large
-        return bytes(body)
+        declared = request.headers.get("content-length")
+        body = await read_capped(request.stream(), self.max_body, declared=declared)
+        if body is None:
+            raise _ApiError(413, "too_large", f"the body is over {self.max_body} bytes")
+        return body
 
     async def _body(self, request: Request, model: type[_B]) -> _B:
         raw = await self._read(request)

@@ -25,7 +25,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("calsched", "calsched.errors", "calsched.model"),
     ("calsched.lifecycle",),
     ("calsched.journal",),
-    ("calsched.ports", "calsched.settings", "calsched.metrics", "calsched.logs", "calsched.tokens"),
+    (
+        "calsched.ports",
+        "calsched.settings",
+        "calsched.metrics",
+        "calsched.logs",
+        "calsched.tokens",
+        "calsched.bodies",
+    ),
     ("calsched.scheduler",),
     ("calsched.backend", "calsched.host", "calsched.control", "calsched.testing"),
     (

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from calsched.backend.calendar import LocalCalendar
+from calsched.bodies import read_capped
 from calsched.errors import (
     BackendConflictError,
     ConfigError,
@@ -172,16 +173,10 @@ def create_backend_app(
 
 async def _read_json(request: Request, cap: int) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    body = await read_capped(request.stream(), cap, declared=declared)
+    if body is None:
         raise _Problem(413, "too_large", f"the body is over {cap} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _Problem(413, "too_large", f"the body is over {cap} bytes")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _Problem(400, "bad_request", "the body is not JSON") from None
