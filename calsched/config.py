@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 
 from calsched.errors import ConfigError
+from calsched.model import first_error
 from calsched.settings import SchedulerSettings
 
 __all__ = [
@@ -294,11 +295,9 @@ def _one_line(
     file: Path | None,
 ) -> str:
     """The first error as one sentence naming the setting and the source that set it."""
-    first = exc.errors()[0]
-    loc = tuple(first["loc"])
-    dotted = ".".join(str(part) for part in loc)
-    msg = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if first["type"] == "extra_forbidden":
+    error = first_error(exc)
+    loc, dotted, msg = error.loc, error.field, error.message
+    if error.kind == "extra_forbidden":
         where = f" in {file}" if file is not None else ""
         return f"unknown setting {dotted!r}{where}"
     if not loc or msg.startswith(dotted):

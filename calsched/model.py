@@ -45,6 +45,7 @@ __all__ = [
     "AgentReport",
     "AgentStatus",
     "Event",
+    "FieldError",
     "HeartbeatRequest",
     "HeartbeatResponse",
     "PluginInfo",
@@ -56,6 +57,7 @@ __all__ = [
     "Trigger",
     "WakeOptions",
     "WireModel",
+    "first_error",
     "format_time",
     "parse",
     "parse_heartbeat_response",
@@ -350,14 +352,35 @@ def _adapter(model: type[Any]) -> TypeAdapter[Any]:
     return adapter
 
 
-def _error_field(exc: ValidationError) -> tuple[str, str]:
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """The first error of a pydantic ``ValidationError``, ready to say in one line.
+
+    Every place that reports invalid input (wire parsing, the configuration, a host's
+    agent list) words it from this, so the wording is decided once.
+    """
+
+    #: Where the bad value is, as pydantic gives it (empty for the whole input).
+    loc: tuple[int | str, ...]
+    #: pydantic's error type, e.g. ``"missing"`` or ``"extra_forbidden"``.
+    kind: str
+    #: What is wrong, without pydantic's ``"Value error, "`` style prefixes.
+    message: str
+
+    @property
+    def field(self) -> str:
+        """The location dotted (``wake_options.override_message``); ``""`` for none."""
+        return ".".join(str(part) for part in self.loc)
+
+
+def first_error(exc: ValidationError) -> FieldError:
+    """The first error of ``exc`` (pydantic lists them in input order)."""
     first = exc.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(body)"
-    msg = first["msg"]
+    msg = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if first["type"] == "dataclass_type":
         # Say it as pydantic says it for models, as these messages always read.
         msg = f"Input should be a valid dictionary or instance of {first['ctx']['class_name']}"
-    return loc, msg
+    return FieldError(loc=tuple(first["loc"]), kind=first["type"], message=msg)
 
 
 def parse(model: type[T], data: Any) -> T:
@@ -365,8 +388,8 @@ def parse(model: type[T], data: Any) -> T:
     try:
         return cast(T, _adapter(model).validate_python(data))
     except ValidationError as exc:
-        loc, msg = _error_field(exc)
-        raise InvalidInputError(loc, msg) from None
+        error = first_error(exc)
+        raise InvalidInputError(error.field or "(body)", error.message) from None
 
 
 def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
@@ -390,13 +413,13 @@ def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[Rejecte
         try:
             good.append(slot_adapter.validate_python(raw))
         except ValidationError as exc:
-            loc, msg = _error_field(exc)
+            error = first_error(exc)
             slot_id = raw.get("id") if isinstance(raw, Mapping) else None
             rejected.append(
                 RejectedSlot(
                     index=index,
                     slot_id=slot_id if isinstance(slot_id, str) else None,
-                    error=f"slots_to_fire[{index}].{loc}: {msg}",
+                    error=f"slots_to_fire[{index}].{error.field or '(body)'}: {error.message}",
                 )
             )
     return HeartbeatResponse(slots_to_fire=good, restart_pending=restart), rejected

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from calsched.bodies import read_capped
 from calsched.errors import ConfigError, WakeFailedError
-from calsched.model import AgentReport
+from calsched.model import AgentReport, first_error
 from calsched.ports import WakeRequest
 
 __all__ = ["MAX_AGENT_LIST_BYTES", "WebhookHost", "parse_agent_list"]
@@ -45,9 +45,9 @@ def parse_agent_list(data: Any, *, origin: str) -> list[AgentReport]:
         try:
             agents.append(AgentReport.model_validate(raw))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(entry)"
-            log.warning("%s: skipped agents[%d]: %s: %s", origin, index, where, first["msg"])
+            error = first_error(exc)
+            where = error.field or "(entry)"
+            log.warning("%s: skipped agents[%d]: %s: %s", origin, index, where, error.message)
     return agents
 
 
