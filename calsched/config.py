@@ -41,7 +41,7 @@ from pydantic_settings import (
 )
 
 from calsched.errors import ConfigError
-from calsched.model import first_error
+from calsched.model import Id, first_error
 from calsched.settings import SchedulerSettings
 
 __all__ = [
@@ -186,7 +186,7 @@ class Config(BaseSettings):
     #: Any SQLAlchemy URL; by default a SQLite file in the user data directory.
     database_url: str = Field(default_factory=_default_database_url, min_length=1)
     #: This plugin instance's name in the journal and the heartbeat.
-    identifier: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
+    identifier: Id = Field(default_factory=socket.gethostname)
     #: SQLite's ``PRAGMA synchronous``: FULL survives power loss, NORMAL only a crash.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
     #: The calendar backend; ``None`` runs the embedded reference backend in-process.

@@ -38,6 +38,7 @@ __all__ = [
     "ACTIVE_STATES",
     "CURRENT_STATES",
     "DEFAULT_WAKE_OPTIONS",
+    "MAX_ID_CHARS",
     "REPORTED_STATES",
     "TERMINAL_STATES",
     "ActiveSlotReport",
@@ -48,6 +49,7 @@ __all__ = [
     "FieldError",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "Id",
     "PluginInfo",
     "RejectedSlot",
     "Slot",
@@ -64,7 +66,11 @@ __all__ = [
     "utcnow",
 ]
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: The longest id the protocol allows (slot, agent and host ids: 1 to 256 characters);
+#: the journal's id columns are this wide.
+MAX_ID_CHARS = 256
+#: An id as the protocol allows it: 1 to :data:`MAX_ID_CHARS` characters.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 def utcnow() -> datetime:
@@ -211,8 +217,8 @@ class Slot:
 
     __pydantic_config__ = ConfigDict(extra="ignore")
 
-    id: Identifier
-    agent_id: Identifier
+    id: Id
+    agent_id: Id
     title: str | None = None
     prompt_text: str | None = None
     scheduled_at: Annotated[datetime | None, AfterValidator(_aware)] = None
@@ -273,7 +279,7 @@ class PluginInfo(WireModel):
 class AgentReport(WireModel):
     """One agent as listed in a heartbeat."""
 
-    id: Identifier
+    id: Id
     model: str | None = None
     status: AgentStatus = AgentStatus.unknown
 
@@ -281,8 +287,8 @@ class AgentReport(WireModel):
 class ActiveSlotReport(WireModel):
     """One non-terminal slot as listed in a heartbeat's ``active_slots``."""
 
-    id: Identifier
-    agent_id: Identifier
+    id: Id
+    agent_id: Id
     state: SlotState
     attempt: int = Field(ge=1)
 
@@ -290,7 +296,7 @@ class ActiveSlotReport(WireModel):
 class HeartbeatRequest(_TimeFields):
     """Body of ``POST /v1/heartbeat``."""
 
-    identifier: Identifier
+    identifier: Id
     plugin_info: PluginInfo = Field(default_factory=PluginInfo)
     captured_at: datetime
     agents: list[AgentReport] = Field(default_factory=list)
@@ -314,7 +320,7 @@ class HeartbeatResponse(WireModel):
 class SlotUpdate(_TimeFields):
     """Body of ``POST /v1/slots/{slot_id}/status``."""
 
-    identifier: Identifier
+    identifier: Id
     status: SlotState
     attempt: int = Field(ge=1)
     summary: str | None = None

@@ -15,6 +15,7 @@ from calsched.model import (
     ACTIVE_STATES,
     CURRENT_STATES,
     DEFAULT_WAKE_OPTIONS,
+    MAX_ID_CHARS,
     REPORTED_STATES,
     TERMINAL_STATES,
     ActiveSlotReport,
@@ -23,6 +24,7 @@ from calsched.model import (
     FieldError,
     HeartbeatRequest,
     HeartbeatResponse,
+    Id,
     Slot,
     SlotState,
     SlotUpdate,
@@ -95,12 +97,24 @@ def test_parse_malformed_slot_names_the_field(data: Any, field: str) -> None:
 
 @pytest.mark.parametrize("field", ["id", "agent_id"])
 def test_identifiers_allow_256_characters_not_257(field: str) -> None:
-    """Slot ids and agent ids may be 256 characters long, not 257."""
-    assert getattr(parse(Slot, slot_with(**{field: "x" * 256})), field) == "x" * 256
+    """Slot ids and agent ids may be MAX_ID_CHARS (256) characters long, not one more."""
+    assert MAX_ID_CHARS == 256  # protocol section 1
+    longest = "x" * MAX_ID_CHARS
+    assert getattr(parse(Slot, slot_with(**{field: longest})), field) == longest
     with pytest.raises(InvalidInputError) as info:
-        parse(Slot, slot_with(**{field: "x" * 257}))
+        parse(Slot, slot_with(**{field: longest + "x"}))
     assert info.value.field == field
     assert "256" in info.value.problem
+
+
+@pytest.mark.parametrize("value", ["", "x" * (MAX_ID_CHARS + 1)], ids=["empty", "too-long"])
+def test_id_type_is_one_to_max_id_chars(value: str) -> None:
+    """Id refuses an empty id and one past MAX_ID_CHARS; it takes both bounds."""
+    adapter: TypeAdapter[str] = TypeAdapter(Id)
+    assert adapter.validate_python("x") == "x"
+    assert adapter.validate_python("x" * MAX_ID_CHARS) == "x" * MAX_ID_CHARS
+    with pytest.raises(ValidationError):
+        adapter.validate_python(value)
 
 
 @pytest.mark.parametrize(

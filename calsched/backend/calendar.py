@@ -244,7 +244,7 @@ class LocalCalendar:
         already in the calendar.
         """
         now = self._clock()
-        # The wire model's rules (non-empty ids, at most 256 characters) apply here too.
+        # The wire model's rules (non-empty ids, at most MAX_ID_CHARS) apply here too.
         slot = parse(
             Slot,
             {
