@@ -32,21 +32,19 @@ from calsched.config import Config, ControlConfig, HostAdapter
 from calsched.errors import ConfigError, WakeFailedError
 from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
-from calsched.ports import Backend, Host, WakeRequest
+from calsched.ports import Host, WakeRequest
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from calsched.backend.http import HttpBackend
     from calsched.control import ControlServer
-    from calsched.journal import Journal
     from calsched.scheduler import Scheduler
 
 __all__ = [
     "EXIT_RESTART",
     "NoHost",
     "bind_socket",
-    "build_backend",
     "build_host",
     "embedded_backend",
     "remote_backend",
@@ -175,11 +173,6 @@ def embedded_backend(cfg: Config, engine: Engine) -> HttpBackend:
         max_response_bytes=cfg.backend_max_response_bytes,
         transport=httpx.ASGITransport(app=create_backend_app(LocalCalendar(engine), key)),
     )
-
-
-def build_backend(cfg: Config, journal: Journal) -> Backend:
-    """The backend the configuration names (embedded when ``backend_url`` is unset)."""
-    return remote_backend(cfg) or embedded_backend(cfg, journal.engine)
 
 
 def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:

@@ -57,7 +57,6 @@ from calsched.journal.transitions import (
 )
 from calsched.model import (
     ACTIVE_STATES,
-    CURRENT_STATES,
     Event,
     SlotState,
     SlotView,
@@ -77,7 +76,6 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
-_CURRENT = sorted(s.value for s in CURRENT_STATES)
 
 
 class Journal(OutboxLog):
@@ -181,14 +179,6 @@ class Journal(OutboxLog):
         with self._read() as conn:
             views = self._select_views(conn, slots.c.state.in_(_ACTIVE))
         return sorted(views, key=lambda v: v.last_seq)
-
-    def current_for_agent(self, agent_id: str) -> SlotView | None:
-        """The agent's current slot (dispatching, in progress or paused), if any."""
-        with self._read() as conn:
-            found = self._select_views(
-                conn, slots.c.agent_id == agent_id, slots.c.state.in_(_CURRENT)
-            )
-        return found[0] if found else None
 
     def history(
         self,
