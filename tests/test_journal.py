@@ -374,7 +374,7 @@ def test_settle_conflict_reconciles_and_stops_the_row(
     assert (stopped.delivered_at, stopped.last_error) == (settled_at, "409: backend holds aborted")
     assert row_count(journal, "outbox") == outbox_before  # the reconcile is not told back
     assert journal.due_outbox(clock.now) == []
-    assert journal.terminal_settled_at("s1") == settled_at
+    assert settled(journal, "s1") == settled_at
     assert journal.verify() == []
 
 
@@ -400,33 +400,37 @@ def test_settle_conflict_without_reconcile_when_nothing_to_change(
     assert (view.state, view.attempt) == (S.pending, 2)
 
 
-def test_terminal_settled_at(
-    open_journal: Callable[..., Journal], clock: Any, drive: Drive
-) -> None:
+def settled(journal: Journal, slot_id: str) -> datetime | None:
+    """``Journal.settled_at`` of one slot (``None`` for a live or unknown one too)."""
+    view = journal.get(slot_id)
+    return journal.settled_at([view] if view else []).get(slot_id)
+
+
+def test_settled_at(open_journal: Callable[..., Journal], clock: Any, drive: Drive) -> None:
     """Settled once the terminal row is delivered or dead; never for live or unknown slots."""
     journal = open_journal(clock=clock)
-    assert journal.terminal_settled_at("ghost") is None
+    assert settled(journal, "ghost") is None
     drive(journal, "s1", S.in_progress)
-    assert journal.terminal_settled_at("s1") is None
+    assert settled(journal, "s1") is None
     journal.apply(TransitionRequest("s1", T.complete, Actor.agent))
-    assert journal.terminal_settled_at("s1") is None  # the backend has not heard yet
+    assert settled(journal, "s1") is None  # the backend has not heard yet
     first, done = journal.outbox_rows(slot_id="s1")
     journal.mark_delivered(first.id)
-    assert journal.terminal_settled_at("s1") is None
+    assert settled(journal, "s1") is None
     delivered = clock.advance()
     journal.mark_delivered(done.id)
-    assert journal.terminal_settled_at("s1") == delivered
+    assert settled(journal, "s1") == delivered
 
     drive(journal, "s2", S.pending, agent_id="agent-2")
     journal.apply(TransitionRequest("s2", T.abort, Actor.operator))
     dead = clock.advance()
     journal.mark_dead(journal.outbox_rows(slot_id="s2")[-1].id, "HTTP 404")
-    assert journal.terminal_settled_at("s2") == dead
+    assert settled(journal, "s2") == dead
 
     drive(journal, "s3", S.pending, agent_id="agent-3")
     reconciled = clock.advance()
     journal.apply(TransitionRequest("s3", T.reconcile, Actor.backend, target=S.aborted))
-    assert journal.terminal_settled_at("s3") == reconciled
+    assert settled(journal, "s3") == reconciled
 
 
 # -- attempts, agents, fencing ------------------------------------------------------------
