@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 
 from calsched.errors import ConfigError
+from calsched.model import Id, first_error
 from calsched.settings import SchedulerSettings
 
 __all__ = [
@@ -185,7 +186,7 @@ class Config(BaseSettings):
     #: Any SQLAlchemy URL; by default a SQLite file in the user data directory.
     database_url: str = Field(default_factory=_default_database_url, min_length=1)
     #: This plugin instance's name in the journal and the heartbeat.
-    identifier: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
+    identifier: Id = Field(default_factory=socket.gethostname)
     #: SQLite's ``PRAGMA synchronous``: FULL survives power loss, NORMAL only a crash.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
     #: The calendar backend; ``None`` runs the embedded reference backend in-process.
@@ -306,11 +307,9 @@ def _one_line(
     file: Path | None,
 ) -> str:
     """The first error as one sentence naming the setting and the source that set it."""
-    first = exc.errors()[0]
-    loc = tuple(first["loc"])
-    dotted = ".".join(str(part) for part in loc)
-    msg = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if first["type"] == "extra_forbidden":
+    error = first_error(exc)
+    loc, dotted, msg = error.loc, error.field, error.message
+    if error.kind == "extra_forbidden":
         where = f" in {file}" if file is not None else ""
         return f"unknown setting {dotted!r}{where}"
     if not loc or msg.startswith(dotted):

@@ -31,10 +31,10 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from calsched.bodies import read_capped
 from calsched.errors import (
     CalschedError,
     ConfigError,
@@ -53,10 +54,10 @@ from calsched.errors import (
     StaleSlotError,
 )
 from calsched.metrics import CONTENT_TYPE, Metrics
-from calsched.model import SlotView, parse
+from calsched.model import MAX_ID_CHARS, Id, SlotView, parse
 from calsched.ports import SlotTools
 from calsched.status import SlotEntry
-from calsched.tokens import MAX_AGENT_ID, MIN_SECRET_BYTES, agent_of_token, verify_admin_token
+from calsched.tokens import MIN_SECRET_BYTES, agent_of_token, verify_admin_token
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
@@ -79,13 +80,11 @@ MAX_FIELD = 8 * 1024
 # A host name or bracketed IPv6 literal, then an optional numeric port; nothing else.
 _HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]/@\s]+)(?::[0-9]{1,5})?")
 
-_SlotId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_AGENT_ID)]
-
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    slot_id: _SlotId | None = None
+    slot_id: Id | None = None
 
 
 class _CompleteBody(_Body):
@@ -216,24 +215,18 @@ class _ControlApi:
         agent_id: str = request.path_params["agent_id"]
         if not caller.admin and caller.agent_id != agent_id:
             raise _ApiError(403, "forbidden", "an agent token acts only on its own agent's routes")
-        if len(agent_id) > MAX_AGENT_ID:
-            raise _ApiError(422, "invalid", f"agent_id: at most {MAX_AGENT_ID} characters")
+        if len(agent_id) > MAX_ID_CHARS:
+            raise _ApiError(422, "invalid", f"agent_id: at most {MAX_ID_CHARS} characters")
         return agent_id
 
     # -- reading the body -----------------------------------------------------------------
 
     async def _read(self, request: Request) -> bytes:
-        too_large = _ApiError(413, "too_large", f"the body is over {self.max_body} bytes")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            raise too_large  # honest and too big: no need to read it
-        body = bytearray()
-        # Counted as it arrives: a small Content-Length may be a lie.
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body:
-                raise too_large
-        return bytes(body)
+        declared = request.headers.get("content-length")
+        body = await read_capped(request.stream(), self.max_body, declared=declared)
+        if body is None:
+            raise _ApiError(413, "too_large", f"the body is over {self.max_body} bytes")
+        return body
 
     async def _body(self, request: Request, model: type[_B]) -> _B:
         raw = await self._read(request)

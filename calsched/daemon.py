@@ -49,7 +49,7 @@ from calsched.errors import (
 )
 from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
-from calsched.ports import Backend, Host, WakeRequest
+from calsched.ports import Host, WakeRequest
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -65,7 +65,6 @@ __all__ = [
     "EXIT_RESTART",
     "NoHost",
     "bind_socket",
-    "build_backend",
     "build_host",
     "embedded_backend",
     "remote_backend",
@@ -200,11 +199,6 @@ def embedded_backend(cfg: Config, engine: Engine) -> HttpBackend:
         max_response_bytes=cfg.backend_max_response_bytes,
         transport=httpx.ASGITransport(app=create_backend_app(LocalCalendar(engine), key)),
     )
-
-
-def build_backend(cfg: Config, journal: Journal) -> Backend:
-    """The backend the configuration names (embedded when ``backend_url`` is unset)."""
-    return remote_backend(cfg) or embedded_backend(cfg, journal.engine)
 
 
 def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:

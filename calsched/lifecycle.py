@@ -37,7 +37,7 @@ from transitions import Machine, MachineError, State
 from calsched.errors import InvalidTransitionError
 from calsched.model import ACTIVE_STATES, TERMINAL_STATES, Actor, SlotState, Trigger
 
-__all__ = ["NEW", "SLOT_MACHINE", "SlotMachine", "Step", "allowed"]
+__all__ = ["NEW", "SLOT_MACHINE", "SlotMachine", "Step"]
 
 
 class _Origin(enum.Enum):
@@ -158,12 +158,3 @@ def _label(state: SlotState | None) -> str:
 
 #: The one machine every slot shares.
 SLOT_MACHINE: Final = SlotMachine()
-
-
-def allowed(state: SlotState | None, trigger: Trigger, target: SlotState | None = None) -> bool:
-    """True if ``trigger`` may fire from ``state`` (used by tests and the control API)."""
-    try:
-        SLOT_MACHINE.fire("-", state, trigger, Actor.scheduler, target=target)
-    except InvalidTransitionError:
-        return False
-    return True

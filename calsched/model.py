@@ -38,6 +38,7 @@ __all__ = [
     "ACTIVE_STATES",
     "CURRENT_STATES",
     "DEFAULT_WAKE_OPTIONS",
+    "MAX_ID_CHARS",
     "REPORTED_STATES",
     "TERMINAL_STATES",
     "ActiveSlotReport",
@@ -45,8 +46,10 @@ __all__ = [
     "AgentReport",
     "AgentStatus",
     "Event",
+    "FieldError",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "Id",
     "PluginInfo",
     "RejectedSlot",
     "Slot",
@@ -56,13 +59,18 @@ __all__ = [
     "Trigger",
     "WakeOptions",
     "WireModel",
+    "first_error",
     "format_time",
     "parse",
     "parse_heartbeat_response",
     "utcnow",
 ]
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: The longest id the protocol allows (slot, agent and host ids: 1 to 256 characters);
+#: the journal's id columns are this wide.
+MAX_ID_CHARS = 256
+#: An id as the protocol allows it: 1 to :data:`MAX_ID_CHARS` characters.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 def utcnow() -> datetime:
@@ -209,8 +217,8 @@ class Slot:
 
     __pydantic_config__ = ConfigDict(extra="ignore")
 
-    id: Identifier
-    agent_id: Identifier
+    id: Id
+    agent_id: Id
     title: str | None = None
     prompt_text: str | None = None
     scheduled_at: Annotated[datetime | None, AfterValidator(_aware)] = None
@@ -271,7 +279,7 @@ class PluginInfo(WireModel):
 class AgentReport(WireModel):
     """One agent as listed in a heartbeat."""
 
-    id: Identifier
+    id: Id
     model: str | None = None
     status: AgentStatus = AgentStatus.unknown
 
@@ -279,8 +287,8 @@ class AgentReport(WireModel):
 class ActiveSlotReport(WireModel):
     """One non-terminal slot as listed in a heartbeat's ``active_slots``."""
 
-    id: Identifier
-    agent_id: Identifier
+    id: Id
+    agent_id: Id
     state: SlotState
     attempt: int = Field(ge=1)
 
@@ -288,7 +296,7 @@ class ActiveSlotReport(WireModel):
 class HeartbeatRequest(_TimeFields):
     """Body of ``POST /v1/heartbeat``."""
 
-    identifier: Identifier
+    identifier: Id
     plugin_info: PluginInfo = Field(default_factory=PluginInfo)
     captured_at: datetime
     agents: list[AgentReport] = Field(default_factory=list)
@@ -312,7 +320,7 @@ class HeartbeatResponse(WireModel):
 class SlotUpdate(_TimeFields):
     """Body of ``POST /v1/slots/{slot_id}/status``."""
 
-    identifier: Identifier
+    identifier: Id
     status: SlotState
     attempt: int = Field(ge=1)
     summary: str | None = None
@@ -350,14 +358,35 @@ def _adapter(model: type[Any]) -> TypeAdapter[Any]:
     return adapter
 
 
-def _error_field(exc: ValidationError) -> tuple[str, str]:
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """The first error of a pydantic ``ValidationError``, ready to say in one line.
+
+    Every place that reports invalid input (wire parsing, the configuration, a host's
+    agent list) words it from this, so the wording is decided once.
+    """
+
+    #: Where the bad value is, as pydantic gives it (empty for the whole input).
+    loc: tuple[int | str, ...]
+    #: pydantic's error type, e.g. ``"missing"`` or ``"extra_forbidden"``.
+    kind: str
+    #: What is wrong, without pydantic's ``"Value error, "`` style prefixes.
+    message: str
+
+    @property
+    def field(self) -> str:
+        """The location dotted (``wake_options.override_message``); ``""`` for none."""
+        return ".".join(str(part) for part in self.loc)
+
+
+def first_error(exc: ValidationError) -> FieldError:
+    """The first error of ``exc`` (pydantic lists them in input order)."""
     first = exc.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(body)"
-    msg = first["msg"]
+    msg = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if first["type"] == "dataclass_type":
         # Say it as pydantic says it for models, as these messages always read.
         msg = f"Input should be a valid dictionary or instance of {first['ctx']['class_name']}"
-    return loc, msg
+    return FieldError(loc=tuple(first["loc"]), kind=first["type"], message=msg)
 
 
 def parse(model: type[T], data: Any) -> T:
@@ -365,8 +394,8 @@ def parse(model: type[T], data: Any) -> T:
     try:
         return cast(T, _adapter(model).validate_python(data))
     except ValidationError as exc:
-        loc, msg = _error_field(exc)
-        raise InvalidInputError(loc, msg) from None
+        error = first_error(exc)
+        raise InvalidInputError(error.field or "(body)", error.message) from None
 
 
 def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[RejectedSlot]]:
@@ -390,13 +419,13 @@ def parse_heartbeat_response(data: Any) -> tuple[HeartbeatResponse, list[Rejecte
         try:
             good.append(slot_adapter.validate_python(raw))
         except ValidationError as exc:
-            loc, msg = _error_field(exc)
+            error = first_error(exc)
             slot_id = raw.get("id") if isinstance(raw, Mapping) else None
             rejected.append(
                 RejectedSlot(
                     index=index,
                     slot_id=slot_id if isinstance(slot_id, str) else None,
-                    error=f"slots_to_fire[{index}].{loc}: {msg}",
+                    error=f"slots_to_fire[{index}].{error.field or '(body)'}: {error.message}",
                 )
             )
     return HeartbeatResponse(slots_to_fire=good, restart_pending=restart), rejected

@@ -7,7 +7,7 @@ The scheduler depends only on these protocols; ``calsched.backend``, ``calsched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from calsched.model import (
     AgentReport,
@@ -19,7 +19,7 @@ from calsched.model import (
 )
 from calsched.status import SchedulerStatus
 
-__all__ = ["Backend", "Host", "RunningProbe", "SlotTools", "WakeRequest"]
+__all__ = ["Backend", "Host", "SlotTools", "WakeRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +82,6 @@ class Host(Protocol):
 
     async def list_agents(self) -> list[AgentReport]:
         """The agents to report in the heartbeat (may be empty)."""
-        ...
-
-
-@runtime_checkable
-class RunningProbe(Protocol):
-    """Optional host capability: recovery asks it before waking a slot again."""
-
-    async def is_running(self, agent_id: str, source: str) -> bool | None:
-        """True if the agent is already working on ``source``; ``None`` if unknown."""
         ...
 
 

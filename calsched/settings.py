@@ -10,6 +10,8 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from calsched.model import Id
+
 __all__ = ["QueuePolicy", "SchedulerSettings"]
 
 
@@ -27,7 +29,7 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    identifier: str = Field(default="calsched", min_length=1, max_length=256)
+    identifier: Id = "calsched"
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     history_cap: int = Field(default=32, ge=0)
     policy: QueuePolicy = QueuePolicy.queue

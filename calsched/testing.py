@@ -1,11 +1,12 @@
 """Public fakes for tests: yours and ours.
 
-- :class:`InMemoryHost`: a :class:`~calsched.ports.Host` and
-  :class:`~calsched.ports.RunningProbe` that records wakes and can fail or hang them.
+- :class:`InMemoryHost`: a :class:`~calsched.ports.Host` that records wakes and can fail
+  or hang them.
 - :class:`InMemoryBackend`: a :class:`~calsched.ports.Backend` that serves the slots you
   give it, records status updates once per idempotency key, and raises errors you queue.
 - :class:`FaultPlan`: faults for the reference backend
-  (:func:`calsched.backend.server.create_backend_app`) to apply to its next requests.
+  (:func:`calsched.backend.server.create_backend_app`) to apply to its next requests;
+  it lives beside the backend, in :mod:`calsched.backend.faults`, and is re-exported here.
 - :func:`serve_backend`: run an ASGI app under uvicorn on a free loopback port.
 
 This module imports no test framework; uvicorn is imported only when a server starts.
@@ -14,13 +15,11 @@ This module imports no test framework; uvicorn is imported only when a server st
 from __future__ import annotations
 
 import asyncio
-import enum
-import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from calsched.backend.faults import Fault, FaultKind, FaultPlan, FaultRoute
 from calsched.errors import BackendConflictError, BackendError, WakeFailedError
 from calsched.model import (
     AgentReport,
@@ -54,9 +53,7 @@ class InMemoryHost:
     """A host in memory: every wake is recorded in :attr:`wakes`; agents are a plain list.
 
     Tell it to fail an agent's wakes (:meth:`fail_wakes`) or to hang them until
-    :meth:`heal` or cancellation (:meth:`hang_wakes`). :meth:`is_running` answers from
-    :attr:`running`, a set of ``(agent_id, source)`` the test controls (``None`` for every
-    question while :attr:`probe_known` is false). Use it from one event loop.
+    :meth:`heal` or cancellation (:meth:`hang_wakes`). Use it from one event loop.
     """
 
     def __init__(self, agents: Iterable[AgentReport | str] = ()) -> None:
@@ -69,10 +66,6 @@ class InMemoryHost:
         self.wakes: list[WakeRequest] = []
         #: The wakes that were accepted.
         self.accepted: list[WakeRequest] = []
-        #: ``(agent_id, source)`` pairs :meth:`is_running` answers true for.
-        self.running: set[tuple[str, str]] = set()
-        #: While false, :meth:`is_running` answers ``None`` (the host cannot tell).
-        self.probe_known = True
         self._failing: dict[str, str] = {}
         self._hanging: set[str] = set()
         self._released = asyncio.Event()
@@ -116,12 +109,6 @@ class InMemoryHost:
     async def list_agents(self) -> list[AgentReport]:
         """A copy of :attr:`agents`."""
         return list(self.agents)
-
-    async def is_running(self, agent_id: str, source: str) -> bool | None:
-        """Whether ``(agent_id, source)`` is in :attr:`running`; ``None`` if not known."""
-        if not self.probe_known:
-            return None
-        return (agent_id, source) in self.running
 
 
 # -- the backend --------------------------------------------------------------------------
@@ -202,169 +189,6 @@ class InMemoryBackend:
     async def aclose(self) -> None:
         """Mark the backend closed."""
         self.closed = True
-
-
-# -- faults for the reference backend ---------------------------------------------------
-
-#: Which route a fault applies to.
-FaultRoute = Literal["heartbeat", "status", "any"]
-
-
-class FaultKind(enum.StrEnum):
-    """What the reference backend does instead of (or around) its normal answer."""
-
-    refused = "refused"
-    server_error = "server_error"
-    too_many = "too_many"
-    hang = "hang"
-    slow_drip = "slow_drip"
-    malformed_json = "malformed_json"
-    execute_then_timeout = "execute_then_timeout"
-    oversized = "oversized"
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """One planned fault; build them with :class:`FaultPlan`'s methods."""
-
-    kind: FaultKind
-    route: FaultRoute = "any"
-    status: int | None = None
-    retry_after: str | None = None
-    seconds: float = 0.0
-    chunks: int = 1
-    nbytes: int = 0
-
-
-@dataclass(slots=True)
-class _Planned:
-    fault: Fault
-    left: int
-
-
-def _retry_after(value: float | str | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-class FaultPlan:
-    """Faults the reference backend applies to its next matching requests, in order.
-
-    Each method queues a fault for ``times`` requests on ``route`` (``"heartbeat"``,
-    ``"status"`` or ``"any"``) and returns the plan, so calls chain::
-
-        plan = FaultPlan().server_error(503, retry_after=2).too_many(route="status")
-
-    What the server does for each (see :mod:`calsched.backend.server`):
-
-    - ``refused``: answers 401 (or ``status``) without looking at the request.
-    - ``server_error`` / ``too_many``: answers 5xx / 429, with ``Retry-After`` if given.
-    - ``hang``: answers nothing for ``seconds`` (less if the client hangs up first), then
-      handles the request normally if the client is still there.
-    - ``slow_drip``: handles the request, then sends the answer in ``chunks`` pieces
-      spread over ``total_seconds``.
-    - ``malformed_json``: answers ``status`` (200) with a truncated JSON body, not
-      handling the request.
-    - ``execute_then_timeout``: handles the request (a status update is recorded), then
-      answers nothing until the client gives up (at most ``hang_seconds``): the retry
-      must be deduplicated by its ``Idempotency-Key``.
-    - ``oversized``: answers 200 with a streamed body of ``nbytes`` and no
-      ``Content-Length``, not handling the request.
-
-    Thread-safe: the test and the server may run on different threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: list[_Planned] = []
-        #: The faults applied so far, in order.
-        self.applied: list[Fault] = []
-
-    def _add(self, fault: Fault, times: int) -> FaultPlan:
-        if times < 1:
-            raise ValueError(f"times must be at least 1, not {times}")
-        with self._lock:
-            self._queue.append(_Planned(fault, times))
-        return self
-
-    def refused(self, *, status: int = 401, route: FaultRoute = "any", times: int = 1) -> FaultPlan:
-        """Answer 401 (or ``status``, e.g. 403)."""
-        return self._add(Fault(FaultKind.refused, route, status=status), times)
-
-    def server_error(
-        self,
-        status: int = 503,
-        retry_after: float | str | None = None,
-        *,
-        route: FaultRoute = "any",
-        times: int = 1,
-    ) -> FaultPlan:
-        """Answer a 5xx (default 503), with ``Retry-After`` (seconds or an HTTP-date)."""
-        fault = Fault(
-            FaultKind.server_error, route, status=status, retry_after=_retry_after(retry_after)
-        )
-        return self._add(fault, times)
-
-    def too_many(
-        self, retry_after: float | str | None = None, *, route: FaultRoute = "any", times: int = 1
-    ) -> FaultPlan:
-        """Answer 429, with ``Retry-After`` if given."""
-        fault = Fault(FaultKind.too_many, route, status=429, retry_after=_retry_after(retry_after))
-        return self._add(fault, times)
-
-    def hang(self, seconds: float, *, route: FaultRoute = "any", times: int = 1) -> FaultPlan:
-        """Say nothing for ``seconds`` (or until the client hangs up), then answer."""
-        return self._add(Fault(FaultKind.hang, route, seconds=seconds), times)
-
-    def slow_drip(
-        self, total_seconds: float, chunks: int = 10, *, route: FaultRoute = "any", times: int = 1
-    ) -> FaultPlan:
-        """Send the real answer in ``chunks`` pieces over ``total_seconds``."""
-        if chunks < 1:
-            raise ValueError(f"chunks must be at least 1, not {chunks}")
-        fault = Fault(FaultKind.slow_drip, route, seconds=total_seconds, chunks=chunks)
-        return self._add(fault, times)
-
-    def malformed_json(
-        self, *, status: int = 200, route: FaultRoute = "any", times: int = 1
-    ) -> FaultPlan:
-        """Answer ``status`` with a body that is not valid JSON."""
-        return self._add(Fault(FaultKind.malformed_json, route, status=status), times)
-
-    def execute_then_timeout(
-        self, *, hang_seconds: float = 30.0, route: FaultRoute = "status", times: int = 1
-    ) -> FaultPlan:
-        """Handle the request, then answer nothing until the client gives up."""
-        return self._add(Fault(FaultKind.execute_then_timeout, route, seconds=hang_seconds), times)
-
-    def oversized(
-        self, nbytes: int, *, route: FaultRoute = "heartbeat", times: int = 1
-    ) -> FaultPlan:
-        """Answer 200 with a streamed body of ``nbytes`` bytes and no Content-Length."""
-        return self._add(Fault(FaultKind.oversized, route, status=200, nbytes=nbytes), times)
-
-    def take(self, route: Literal["heartbeat", "status"]) -> Fault | None:
-        """The next fault for a request on ``route``, consumed; ``None`` if there is none."""
-        with self._lock:
-            for planned in self._queue:
-                if planned.fault.route in (route, "any"):
-                    planned.left -= 1
-                    if planned.left == 0:
-                        self._queue.remove(planned)
-                    self.applied.append(planned.fault)
-                    return planned.fault
-        return None
-
-    def pending(self) -> list[Fault]:
-        """The faults not yet applied, one entry per remaining use."""
-        with self._lock:
-            return [p.fault for p in self._queue for _ in range(p.left)]
-
-    def clear(self) -> None:
-        """Drop every pending fault."""
-        with self._lock:
-            self._queue.clear()
 
 
 # -- a real server ------------------------------------------------------------------------

@@ -30,9 +30,9 @@ import stat
 from pathlib import Path
 
 from calsched.errors import ConfigError, InvalidInputError
+from calsched.model import MAX_ID_CHARS
 
 __all__ = [
-    "MAX_AGENT_ID",
     "MIN_SECRET_BYTES",
     "SECRET_BYTES",
     "admin_token",
@@ -47,8 +47,6 @@ __all__ = [
 SECRET_BYTES = 32
 #: Shorter secrets are refused: an HMAC key that short could be guessed.
 MIN_SECRET_BYTES = 16
-#: Longest agent id (protocol section 1: ids are 1 to 256 characters).
-MAX_AGENT_ID = 256
 
 _AGENT_PREFIX = "agent."
 _ADMIN_PREFIX = "admin."
@@ -90,11 +88,11 @@ def agent_token(secret: bytes, agent_id: str) -> str:
     ``agent.<b64url(agent_id)>.<b64url(HMAC-SHA256(secret, b"agent:" + agent_id))>``.
     Raises :class:`~calsched.errors.ConfigError` for a secret shorter than
     :data:`MIN_SECRET_BYTES` and :class:`~calsched.errors.InvalidInputError` for an id
-    that is empty, longer than :data:`MAX_AGENT_ID` (the protocol's limit) or not valid
-    Unicode (a lone surrogate cannot be put in a token).
+    that is empty, longer than :data:`~calsched.model.MAX_ID_CHARS` (the protocol's
+    limit) or not valid Unicode (a lone surrogate cannot be put in a token).
     """
-    if not 1 <= len(agent_id) <= MAX_AGENT_ID:
-        raise InvalidInputError("agent_id", f"must be 1 to {MAX_AGENT_ID} characters")
+    if not 1 <= len(agent_id) <= MAX_ID_CHARS:
+        raise InvalidInputError("agent_id", f"must be 1 to {MAX_ID_CHARS} characters")
     try:
         raw_id = agent_id.encode("utf-8")
     except UnicodeEncodeError:

@@ -2,6 +2,8 @@
 
 - ``db_url``: one test body run against a SQLite file and PostgreSQL (APScheduler style).
   PostgreSQL needs ``CALSCHED_TEST_PG_URL``; each test gets its own schema, dropped after.
+- ``pg_schemas``: fresh PostgreSQL schemas on demand, for one empty database per
+  hypothesis example (skips without ``CALSCHED_TEST_PG_URL``).
 - ``sqlite_url``: a SQLite file only, for tests about SQLite itself or that must be fast.
 - ``journal``: a migrated :class:`~calsched.journal.Journal` (identifier ``host-a``) on
   ``db_url``; ``open_journal`` opens more (other identifiers, a fake clock), all closed at
@@ -15,7 +17,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +72,9 @@ def _pg_admin_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
+@contextmanager
+def pg_schema(admin_url: str) -> Iterator[str]:
     """A PostgreSQL URL whose connections use a fresh schema, dropped (CASCADE) after."""
-    admin_url = _pg_admin_url()
     schema = f"t_{uuid.uuid4().hex}"
     # Other helpers share the database: only ever create and drop our own schema.
     admin = create_engine(admin_url, poolclass=NullPool)
@@ -87,6 +90,20 @@ def pg_url() -> Iterator[str]:
             conn.execute(text("SET LOCAL lock_timeout = '15s'"))
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose connections use a fresh schema, dropped (CASCADE) after."""
+    with pg_schema(_pg_admin_url()) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_schemas() -> Callable[[], AbstractContextManager[str]]:
+    """Fresh PostgreSQL schemas on demand (``with pg_schemas() as url``), each dropped
+    after: for a test that needs many empty databases, one per hypothesis example."""
+    return partial(pg_schema, _pg_admin_url())
 
 
 @pytest.fixture

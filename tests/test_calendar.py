@@ -7,19 +7,14 @@ from typing import Any
 
 import pytest
 
-from calsched.backend.calendar import (
-    CalendarBackend,
-    CalendarStatus,
-    LocalCalendar,
-)
+from calsched.backend.calendar import CalendarStatus, LocalCalendar
 from calsched.errors import (
     BackendConflictError,
-    BackendRejectedError,
     InvalidInputError,
     SlotNotFoundError,
 )
 from calsched.journal import Journal
-from calsched.model import HeartbeatRequest, SlotState, SlotUpdate
+from calsched.model import SlotState, SlotUpdate
 
 T0 = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
 
@@ -117,28 +112,20 @@ def test_list_refuses_an_unknown_status(calendar: LocalCalendar) -> None:
 # -- firing -------------------------------------------------------------------------------
 
 
-def test_due_lists_only_scheduled_slots_whose_time_has_come(calendar: LocalCalendar) -> None:
-    """due() returns scheduled slots with fire_at <= now and changes nothing."""
+def test_fire_due_takes_only_scheduled_slots_whose_time_has_come(
+    calendar: LocalCalendar,
+) -> None:
+    """fire_due() fires scheduled slots with fire_at <= now; later ones and others stay."""
     calendar.add("past", "a", fire_at=at(-1))
     calendar.add("now", "a", fire_at=at(0))
     calendar.add("future", "a", fire_at=at(1))
-    assert [s.id for s in calendar.due()] == ["past", "now"]
-    assert [s.id for s in calendar.due(at(2))] == ["past", "now", "future"]
-    assert {s.status for s in calendar.list()} == {CalendarStatus.scheduled}
-
-
-def test_mark_fired_sets_the_holder_of_scheduled_slots_only(calendar: LocalCalendar) -> None:
-    """mark_fired() fires scheduled slots for a holder and leaves other statuses alone."""
-    calendar.add("s1", "a")
-    calendar.add("s2", "a")
-    calendar.record_status("s2", update(), "k1")
-    calendar.mark_fired(["s1", "s2"], "host-b")
-    assert (calendar.get("s1").status, calendar.get("s1").holder) == (
-        CalendarStatus.fired,
-        "host-b",
-    )
-    assert calendar.get("s2").status is CalendarStatus.in_progress
-    calendar.mark_fired([], "host-b")  # nothing to do is fine
+    calendar.add("running", "b", fire_at=at(-2))
+    calendar.record_status("running", update(), "k1")
+    assert [s.id for s in calendar.fire_due("host-b")] == ["past", "now"]
+    assert calendar.get("future").status is CalendarStatus.scheduled
+    running = calendar.get("running")
+    assert (running.status, running.holder) == (CalendarStatus.in_progress, "host-a")
+    assert [s.id for s in calendar.fire_due("host-b", now=at(2))] == ["past", "now", "future"]
 
 
 def test_fire_due_fires_and_relists_until_a_status_arrives(calendar: LocalCalendar) -> None:
@@ -366,38 +353,3 @@ def test_receipt_wire_shape(calendar: LocalCalendar) -> None:
         "body": update().to_wire(),
         "received_at": "2026-11-27T22:00:00Z",
     }
-
-
-# -- in-process backend -------------------------------------------------------------------
-
-
-async def test_calendar_backend_heartbeat_and_status(calendar: LocalCalendar) -> None:
-    """CalendarBackend fires due slots on a beat and records status updates."""
-    calendar.add("s1", "bob", title="Report", fire_at=at(-1))
-    backend = CalendarBackend(calendar)
-    beat = HeartbeatRequest(identifier="host-a", captured_at=T0)
-    response, rejected = await backend.heartbeat(beat)
-    assert [(s.id, s.title, s.scheduled_at) for s in response.slots_to_fire] == [
-        ("s1", "Report", at(-1))
-    ]
-    assert rejected == []
-    await backend.send_status("s1", update(), "k1")
-    await backend.send_status("s1", update(), "k1")  # a retry: acknowledged again
-    assert len(calendar.receipts()) == 1
-    await backend.aclose()
-
-
-async def test_calendar_backend_maps_errors(calendar: LocalCalendar) -> None:
-    """Unknown slots and reused keys are rejections; held terminal statuses conflict."""
-    calendar.add("s1", "bob")
-    backend = CalendarBackend(calendar)
-    with pytest.raises(BackendRejectedError) as unknown:
-        await backend.send_status("ghost", update(), "k0")
-    assert unknown.value.status_code == 404
-    await backend.send_status("s1", update(SlotState.completed), "k1")
-    with pytest.raises(BackendRejectedError) as reused:
-        await backend.send_status("s1", update(SlotState.aborted), "k1")
-    assert reused.value.status_code == 422
-    with pytest.raises(BackendConflictError) as conflict:
-        await backend.send_status("s1", update(SlotState.aborted), "k2")
-    assert conflict.value.status == "completed"

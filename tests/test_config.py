@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from calsched.config import (
     Config,
@@ -16,6 +17,7 @@ from calsched.config import (
     load_config,
 )
 from calsched.errors import ConfigError
+from calsched.model import MAX_ID_CHARS
 from calsched.settings import QueuePolicy, SchedulerSettings
 
 SECRET = "sk-very-secret-value-123"
@@ -359,6 +361,17 @@ def test_bad_value_names_the_environment_variable(monkeypatch: pytest.MonkeyPatc
     assert one_line_error(excinfo).startswith(
         "invalid setting control.port from CALSCHED_CONTROL__PORT: "
     )
+
+
+def test_identifier_follows_the_protocols_id_limit() -> None:
+    """The identifier is an Id: MAX_ID_CHARS characters at most, in both settings types."""
+    longest = "h" * MAX_ID_CHARS
+    assert load_config(overrides={"identifier": longest}).identifier == longest
+    with pytest.raises(ConfigError, match="invalid setting identifier from the command line"):
+        load_config(overrides={"identifier": longest + "h"})
+    assert SchedulerSettings(identifier=longest).identifier == longest
+    with pytest.raises(ValidationError):
+        SchedulerSettings(identifier=longest + "h")
 
 
 def test_bad_value_names_the_command_line() -> None:

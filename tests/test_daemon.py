@@ -18,8 +18,9 @@ from calsched.daemon import (
     NoHost,
     _allowed_hosts,
     _supervise,
-    build_backend,
     build_host,
+    embedded_backend,
+    remote_backend,
 )
 from calsched.errors import ConfigError, WakeFailedError
 from calsched.host import CommandHost, WebhookHost
@@ -93,22 +94,21 @@ def test_build_host_command() -> None:
     assert host.argv_for(WAKE) == ["wake", "bob"]
 
 
-def test_remote_backend_needs_a_key(sqlite_journal: Journal) -> None:
+def test_remote_backend_needs_a_key() -> None:
     """backend_url without an API key is a ConfigError saying where a key comes from."""
     with pytest.raises(ConfigError, match="CALSCHED_BACKEND_API_KEY or backend_api_key_file"):
-        build_backend(config(backend_url="http://127.0.0.1:9"), sqlite_journal)
+        remote_backend(config(backend_url="http://127.0.0.1:9"))
 
 
-async def test_remote_backend(monkeypatch: pytest.MonkeyPatch, sqlite_journal: Journal) -> None:
+async def test_remote_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """backend_url with a key gives an HttpBackend to that URL with the configured bounds."""
     monkeypatch.setenv("CALSCHED_BACKEND_API_KEY", "k-123")
-    backend = build_backend(
+    backend = remote_backend(
         config(
             backend_url="http://127.0.0.1:9/api",
             scheduler={"backend_deadline_s": 2},
             backend_max_response_bytes=4096,
-        ),
-        sqlite_journal,
+        )
     )
     assert isinstance(backend, HttpBackend)
     assert backend.base_url == "http://127.0.0.1:9/api"
@@ -120,7 +120,8 @@ async def test_embedded_backend_speaks_the_protocol(sqlite_journal: Journal) -> 
     """Without backend_url the embedded calendar answers over the HTTP protocol in-process."""
     calendar = LocalCalendar(sqlite_journal.engine)
     calendar.add("s1", "bob", title="Daily")
-    backend = build_backend(config(), sqlite_journal)
+    assert remote_backend(config()) is None  # no backend_url: the embedded calendar
+    backend = embedded_backend(config(), sqlite_journal.engine)
     assert isinstance(backend, HttpBackend)
     try:
         response, rejected = await backend.heartbeat(

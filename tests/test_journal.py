@@ -26,7 +26,7 @@ from calsched.errors import (
 )
 from calsched.journal import Journal, OutboxCounts, TransitionRequest
 from calsched.journal.schema import events
-from calsched.model import Actor, Slot, SlotState, SlotView, Trigger
+from calsched.model import CURRENT_STATES, Actor, Slot, SlotState, SlotView, Trigger
 
 S = SlotState
 T = Trigger
@@ -55,6 +55,15 @@ def fail_statement(engine: Engine, prefix: str) -> Iterator[None]:
         yield
     finally:
         event.remove(engine, "before_cursor_execute", listener)
+
+
+def current_of(journal: Journal, agent_id: str) -> list[str]:
+    """The agent's current slots (dispatching, in progress or paused): at most one."""
+    return [
+        v.slot_id
+        for v in journal.load_active()
+        if v.agent_id == agent_id and v.state in CURRENT_STATES
+    ]
 
 
 # -- one transaction per transition -------------------------------------------------------
@@ -289,7 +298,6 @@ def test_due_outbox_oldest_row_per_slot_in_order(
     assert [r.id for r in journal.due_outbox(now)] == [a3.id]
     journal.mark_delivered(a3.id)
     assert journal.due_outbox(now) == []
-    assert journal.next_outbox_due() is None
     assert journal.outbox_counts() == OutboxCounts(pending=0, dead=0)
 
 
@@ -299,7 +307,7 @@ def test_mark_retry_defers_and_blocks_later_rows(
     """A retried row is due again at next_try_at; the slot's later rows wait behind it."""
     journal = open_journal(clock=clock)
     drive(journal, "a", S.paused)
-    first, second = journal.outbox_rows(slot_id="a")
+    first, _ = journal.outbox_rows(slot_id="a")
     later = clock.now + timedelta(seconds=30)
     journal.mark_retry(first.id, later, "HTTP 503 " + "x" * 3000)
     row = journal.outbox_rows(slot_id="a")[0]
@@ -308,7 +316,6 @@ def test_mark_retry_defers_and_blocks_later_rows(
     assert row.last_error.startswith("HTTP 503")
     assert len(row.last_error) == 2000
     assert journal.due_outbox(clock.now) == []
-    assert journal.next_outbox_due() == second.next_try_at
     assert [r.id for r in journal.due_outbox(later)] == [first.id]
     assert journal.outbox_counts() == OutboxCounts(pending=2, dead=0)
 
@@ -367,7 +374,7 @@ def test_settle_conflict_reconciles_and_stops_the_row(
     assert (stopped.delivered_at, stopped.last_error) == (settled_at, "409: backend holds aborted")
     assert row_count(journal, "outbox") == outbox_before  # the reconcile is not told back
     assert journal.due_outbox(clock.now) == []
-    assert journal.terminal_settled_at("s1") == settled_at
+    assert settled(journal, "s1") == settled_at
     assert journal.verify() == []
 
 
@@ -393,33 +400,37 @@ def test_settle_conflict_without_reconcile_when_nothing_to_change(
     assert (view.state, view.attempt) == (S.pending, 2)
 
 
-def test_terminal_settled_at(
-    open_journal: Callable[..., Journal], clock: Any, drive: Drive
-) -> None:
+def settled(journal: Journal, slot_id: str) -> datetime | None:
+    """``Journal.settled_at`` of one slot (``None`` for a live or unknown one too)."""
+    view = journal.get(slot_id)
+    return journal.settled_at([view] if view else []).get(slot_id)
+
+
+def test_settled_at(open_journal: Callable[..., Journal], clock: Any, drive: Drive) -> None:
     """Settled once the terminal row is delivered or dead; never for live or unknown slots."""
     journal = open_journal(clock=clock)
-    assert journal.terminal_settled_at("ghost") is None
+    assert settled(journal, "ghost") is None
     drive(journal, "s1", S.in_progress)
-    assert journal.terminal_settled_at("s1") is None
+    assert settled(journal, "s1") is None
     journal.apply(TransitionRequest("s1", T.complete, Actor.agent))
-    assert journal.terminal_settled_at("s1") is None  # the backend has not heard yet
+    assert settled(journal, "s1") is None  # the backend has not heard yet
     first, done = journal.outbox_rows(slot_id="s1")
     journal.mark_delivered(first.id)
-    assert journal.terminal_settled_at("s1") is None
+    assert settled(journal, "s1") is None
     delivered = clock.advance()
     journal.mark_delivered(done.id)
-    assert journal.terminal_settled_at("s1") == delivered
+    assert settled(journal, "s1") == delivered
 
     drive(journal, "s2", S.pending, agent_id="agent-2")
     journal.apply(TransitionRequest("s2", T.abort, Actor.operator))
     dead = clock.advance()
     journal.mark_dead(journal.outbox_rows(slot_id="s2")[-1].id, "HTTP 404")
-    assert journal.terminal_settled_at("s2") == dead
+    assert settled(journal, "s2") == dead
 
     drive(journal, "s3", S.pending, agent_id="agent-3")
     reconciled = clock.advance()
     journal.apply(TransitionRequest("s3", T.reconcile, Actor.backend, target=S.aborted))
-    assert journal.terminal_settled_at("s3") == reconciled
+    assert settled(journal, "s3") == reconciled
 
 
 # -- attempts, agents, fencing ------------------------------------------------------------
@@ -457,19 +468,15 @@ def test_at_most_one_current_slot_per_agent(
         journal.apply(request_factory("s2", T.dispatch))
     assert (info.value.agent_id, info.value.current) == ("agent-1", "s1")
     assert snapshot(journal) == before
-    current = journal.current_for_agent("agent-1")
-    assert current is not None
-    assert current.slot_id == "s1"
+    assert current_of(journal, "agent-1") == ["s1"]
     for step in (T.woke, T.pause, T.resume, T.complete):
         journal.apply(request_factory("s1", step))
         if step is not T.complete:
             with pytest.raises(AgentBusyError):
                 journal.apply(request_factory("s2", T.dispatch))
     assert journal.apply(request_factory("s2", T.dispatch)).state_to is S.dispatching
-    current = journal.current_for_agent("agent-1")
-    assert current is not None
-    assert current.slot_id == "s2"
-    assert journal.current_for_agent("nobody") is None
+    assert current_of(journal, "agent-1") == ["s2"]
+    assert current_of(journal, "nobody") == []
 
 
 def test_agent_busy_inside_one_batch(
@@ -490,9 +497,7 @@ def test_agent_busy_inside_one_batch(
             request_factory("s2", T.dispatch),
         ]
     )
-    current = journal.current_for_agent("agent-1")
-    assert current is not None
-    assert current.slot_id == "s2"
+    assert current_of(journal, "agent-1") == ["s2"]
 
 
 def test_attempt_fencing(

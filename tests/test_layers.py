@@ -4,6 +4,9 @@ The rule is data (``LAYERS``): each module may import its own layer and those be
 Every import statement counts, including ones inside functions or ``TYPE_CHECKING``
 blocks: a lazy import upwards is still an upward dependency. Every calsched module must
 have a layer, so a new module is placed on purpose, not by accident.
+
+A second rule, also data (``TESTS_ONLY``): production never imports the public fakes,
+whatever its layer; only those modules themselves may.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("calsched", "calsched.errors", "calsched.model", "calsched.status"),
     ("calsched.lifecycle",),
     ("calsched.journal",),
-    ("calsched.ports", "calsched.settings", "calsched.metrics", "calsched.logs", "calsched.tokens"),
+    (
+        "calsched.ports",
+        "calsched.settings",
+        "calsched.metrics",
+        "calsched.logs",
+        "calsched.tokens",
+        "calsched.bodies",
+    ),
     ("calsched.scheduler",),
     ("calsched.backend", "calsched.host", "calsched.control", "calsched.testing"),
     (
@@ -34,6 +44,9 @@ LAYERS: list[tuple[str, ...]] = [
         "calsched.__main__",
     ),
 ]
+
+#: Modules for tests only: no other calsched module may import them, in any layer.
+TESTS_ONLY: tuple[str, ...] = ("calsched.testing",)
 
 #: Libraries the core (model, lifecycle, journal) must not use: it knows no HTTP, no
 #: asyncio and no terminal (DESIGN.md: the journal "knows nothing of HTTP or asyncio").
@@ -87,12 +100,20 @@ def imported(module: str, source: str, *, is_package: bool, known: Iterable[str]
     return found
 
 
+def for_tests_only(module: str) -> bool:
+    """True for a module of :data:`TESTS_ONLY` (or inside one)."""
+    return any(module == entry or module.startswith(entry + ".") for entry in TESTS_ONLY)
+
+
 def violations(module: str, targets: Iterable[str]) -> list[str]:
-    """Each import of ``module`` that reaches a higher layer or a library the core avoids."""
+    """Each import of ``module`` that reaches a higher layer, a module for tests only, or a
+    library the core avoids."""
     own = rank(module)
     assert own is not None
     out: list[str] = []
     for target in sorted(targets):
+        if for_tests_only(target) and not for_tests_only(module):
+            out.append(f"{module} (production) imports {target} (tests only)")
         top = target.split(".")[0]
         if own <= CORE_TOP and top in NOT_IN_CORE:
             out.append(f"{module} (core) imports {target}")
@@ -153,16 +174,59 @@ def test_lower_layers_never_import_upper_ones() -> None:
         ),
         ("calsched.scheduler", "import asyncio\nfrom calsched.journal import Journal", False, []),
         ("calsched.cli", "from calsched import __version__\nimport calsched.model", False, []),
+        (
+            "calsched.backend.server",
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from calsched.testing import FaultPlan\n",
+            False,
+            ["calsched.backend.server (production) imports calsched.testing (tests only)"],
+        ),
+        (
+            "calsched.daemon",
+            "def f():\n    from calsched import testing\n",
+            False,
+            ["calsched.daemon (production) imports calsched.testing (tests only)"],
+        ),
+        (
+            "calsched.backend",
+            "import calsched.testing as fakes\n",
+            True,
+            ["calsched.backend (production) imports calsched.testing (tests only)"],
+        ),
+        ("calsched.testing", "from calsched.backend.faults import FaultPlan", False, []),
     ],
-    ids=["upward", "relative-lazy", "package-relative", "core-http", "allowed", "downward"],
+    ids=[
+        "upward",
+        "relative-lazy",
+        "package-relative",
+        "core-http",
+        "allowed",
+        "downward",
+        "fakes-same-layer",
+        "fakes-from-above-lazy",
+        "fakes-aliased",
+        "fakes-import-production",
+    ],
 )
 def test_checker_sees_violations(
     module: str, source: str, is_package: bool, expected: list[str]
 ) -> None:
     """The checker resolves absolute, relative and lazy imports and flags upward ones."""
-    known = {"calsched.journal.store", "calsched.backend.http", "calsched.cli", "calsched.model"}
+    known = {
+        "calsched.journal.store",
+        "calsched.backend.http",
+        "calsched.backend.faults",
+        "calsched.cli",
+        "calsched.model",
+        "calsched.testing",
+    }
     targets = imported(module, source, is_package=is_package, known=known)
     assert violations(module, targets) == expected
+
+
+def test_tests_only_modules_exist() -> None:
+    """Each TESTS_ONLY entry names a real module, so the rule cannot guard nothing."""
+    assert set(TESTS_ONLY) <= set(all_modules())
 
 
 def test_layer_entries_are_unique() -> None:

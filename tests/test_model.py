@@ -8,23 +8,27 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from calsched.errors import InvalidInputError
 from calsched.model import (
     ACTIVE_STATES,
     CURRENT_STATES,
     DEFAULT_WAKE_OPTIONS,
+    MAX_ID_CHARS,
     REPORTED_STATES,
     TERMINAL_STATES,
     ActiveSlotReport,
     AgentReport,
     AgentStatus,
+    FieldError,
     HeartbeatRequest,
     HeartbeatResponse,
+    Id,
     Slot,
     SlotState,
     SlotUpdate,
+    first_error,
     format_time,
     parse,
     parse_heartbeat_response,
@@ -92,12 +96,24 @@ def test_parse_malformed_slot_names_the_field(data: Any, field: str) -> None:
 
 @pytest.mark.parametrize("field", ["id", "agent_id"])
 def test_identifiers_allow_256_characters_not_257(field: str) -> None:
-    """Slot ids and agent ids may be 256 characters long, not 257."""
-    assert getattr(parse(Slot, slot_with(**{field: "x" * 256})), field) == "x" * 256
+    """Slot ids and agent ids may be MAX_ID_CHARS (256) characters long, not one more."""
+    assert MAX_ID_CHARS == 256  # protocol section 1
+    longest = "x" * MAX_ID_CHARS
+    assert getattr(parse(Slot, slot_with(**{field: longest})), field) == longest
     with pytest.raises(InvalidInputError) as info:
-        parse(Slot, slot_with(**{field: "x" * 257}))
+        parse(Slot, slot_with(**{field: longest + "x"}))
     assert info.value.field == field
     assert "256" in info.value.problem
+
+
+@pytest.mark.parametrize("value", ["", "x" * (MAX_ID_CHARS + 1)], ids=["empty", "too-long"])
+def test_id_type_is_one_to_max_id_chars(value: str) -> None:
+    """Id refuses an empty id and one past MAX_ID_CHARS; it takes both bounds."""
+    adapter: TypeAdapter[str] = TypeAdapter(Id)
+    assert adapter.validate_python("x") == "x"
+    assert adapter.validate_python("x" * MAX_ID_CHARS) == "x" * MAX_ID_CHARS
+    with pytest.raises(ValidationError):
+        adapter.validate_python(value)
 
 
 @pytest.mark.parametrize(
@@ -163,6 +179,53 @@ def test_parse_other_wire_types_name_the_field(model: type[Any], data: Any, fiel
     with pytest.raises(InvalidInputError) as info:
         parse(model, data)
     assert info.value.field == field
+
+
+def _validation_error(model: type[Any], data: Any) -> ValidationError:
+    """The error pydantic raises for ``data`` as ``model``."""
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(model).validate_python(data)
+    return info.value
+
+
+def test_first_error_words_a_validator_message_without_its_prefix() -> None:
+    """A ValueError from a validator reads as its own words, not "Value error, ..."."""
+    data = {"identifier": "h", "status": "pending", "attempt": 1, "occurred_at": utcnow()}
+    error = first_error(_validation_error(SlotUpdate, data))
+    assert error.loc == ("status",)
+    assert error.field == "status"
+    assert error.kind == "value_error"
+    assert error.message.startswith("must be one of [")
+
+
+def test_first_error_dots_a_nested_location() -> None:
+    """A nested field is named by its dotted path."""
+    data = {**GOOD_SLOT, "wake_options": {"override_message": 7}}
+    error = first_error(_validation_error(Slot, data))
+    assert error == FieldError(
+        loc=("wake_options", "override_message"),
+        kind="string_type",
+        message="Input should be a valid string",
+    )
+
+
+def test_first_error_says_a_dataclass_type_error_as_for_models() -> None:
+    """A non-object for a dataclass type reads like pydantic's message for models."""
+    error = first_error(_validation_error(Slot, "not an object"))
+    assert (error.loc, error.field) == ((), "")
+    assert error.message == "Input should be a valid dictionary or instance of Slot"
+
+
+def test_parse_words_its_error_with_first_error() -> None:
+    """parse() raises InvalidInputError built from first_error: the field, then the words."""
+    data = {"identifier": "h", "status": "pending", "attempt": 1, "occurred_at": utcnow()}
+    with pytest.raises(InvalidInputError) as info:
+        parse(SlotUpdate, data)
+    assert info.value.field == "status"
+    assert "Value error" not in str(info.value)
+    with pytest.raises(InvalidInputError) as whole:
+        parse(Slot, "not an object")
+    assert whole.value.field == "(body)"
 
 
 @pytest.mark.parametrize("status", sorted(REPORTED_STATES))

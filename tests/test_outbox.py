@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Connection
 
+from calsched.backend.http import HttpBackend
 from calsched.errors import JournalError
 from calsched.journal import Journal
 from calsched.model import Slot, utcnow
@@ -149,3 +151,53 @@ async def test_a_failing_outbox_read_is_held_too(
     assert sched._outbox.held
     assert await sched._outbox.pass_once() == 0  # held: nothing read, nothing started
     assert len(held_lines(caplog)) == 1
+
+
+def http_rig(
+    journal: Journal, clock: FakeClock, answer: httpx.Response
+) -> tuple[Scheduler, list[str]]:
+    """A scheduler on an HttpBackend whose status posts all get ``answer``; the posts."""
+    posted: list[str] = []
+    listing = {"slots_to_fire": [{"id": "s1", "agent_id": "alice", "title": "report"}]}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/heartbeat"):
+            return httpx.Response(200, json=listing)
+        posted.append(request.url.path)
+        return answer
+
+    backend = HttpBackend("http://backend.test", "k-secret", transport=httpx.MockTransport(handle))
+    settings = SchedulerSettings(identifier="host-a", outbox_backoff_max_s=60.0)
+    return Scheduler(settings, journal, backend, InMemoryHost(), clock=clock), posted
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(409, content=b"[" * 100_000),
+        httpx.Response(503, headers={"Retry-After": "1e12"}),
+    ],
+    ids=["409 too deep to parse", "Retry-After 1e12"],
+)
+async def test_a_backend_answer_that_broke_the_worker_costs_a_handful_of_posts(
+    db_url: str, answer: httpx.Response
+) -> None:
+    """Each once made a hot loop (150-200 posts a second); now a minute sees at most two."""
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    clock = FakeClock()
+    journal = Journal.open(db_url, "host-a", clock=clock)
+    sched, posted = http_rig(journal, clock, answer)
+    await sched.recover()
+    start = clock()
+    await sched.heartbeat_once()
+    for _ in range(60):  # a simulated minute, polled every second
+        await settle(sched)
+        clock.advance(1.0)
+    assert 1 <= len(posted) <= 2, posted
+    (row,) = journal.outbox_rows(slot_id="s1")
+    if answer.status_code == 409:  # too deep to read: a rejection, dead-lettered at once
+        assert (len(posted), row.dead_at) == (1, start)
+    else:  # the absurd Retry-After waits the cap, exactly: the next try is at +60 s
+        assert row.next_try_at == start + timedelta(seconds=60)
+    await sched.stop()
+    journal.close()

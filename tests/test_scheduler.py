@@ -421,25 +421,6 @@ async def test_dispatching_slot_is_woken_again_after_a_crash(
     assert sched.journal.events("s1")[-1].actor.value == "recovery"
 
 
-async def test_recovery_asks_the_host_before_waking_again(
-    make: Factory, db: str, host: InMemoryHost
-) -> None:
-    """A host that says the agent already runs the slot is not woken twice."""
-    from calsched.journal import TransitionRequest
-    from calsched.model import Actor
-
-    journal = Journal.open(db, "host-a")
-    journal.apply(TransitionRequest("s1", Trigger.receive, Actor.scheduler, slot=slot("s1")))
-    journal.apply(TransitionRequest("s1", Trigger.dispatch, Actor.scheduler))
-    journal.close()
-    host.running.add(("alice", "calendar:slot-s1"))
-    sched = make()
-    await sched.recover()
-    await sched.idle()
-    assert host.wakes == []
-    assert (await sched.current_slot("alice")).state is SlotState.in_progress
-
-
 async def test_failed_heartbeat_is_recorded_and_not_raised(
     make: Factory, backend: InMemoryBackend
 ) -> None:

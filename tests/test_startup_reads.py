@@ -45,9 +45,8 @@ STARTUP_READS: dict[str, Read] = {
     "history": lambda j: j.history(limit=32),
     "outbox_counts": lambda j: j.outbox_counts(),
     "due_outbox": lambda j: j.due_outbox(datetime.now(UTC)),
-    "next_outbox_due": lambda j: j.next_outbox_due(),
     "get_many": lambda j: j.get_many(["live-0", "done-3", "never-seen"]),
-    "terminal_settled_at": lambda j: j.terminal_settled_at("done-3"),
+    "settled_at": lambda j: j.settled_at(j.get_many(["live-0", "done-3"]).values()),
 }
 
 

@@ -1,4 +1,4 @@
-"""calsched.testing: the in-memory host and backend, and the fault plan's bookkeeping."""
+"""calsched.testing: the in-memory host and backend (the fault plan: tests/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 from calsched.errors import BackendConflictError, BackendUnavailableError, WakeFailedError
 from calsched.model import AgentReport, AgentStatus, HeartbeatRequest, Slot, SlotState, SlotUpdate
-from calsched.ports import RunningProbe, WakeRequest
-from calsched.testing import Fault, FaultKind, FaultPlan, InMemoryBackend, InMemoryHost
+from calsched.ports import WakeRequest
+from calsched.testing import InMemoryBackend, InMemoryHost
 
 T0 = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
 
@@ -108,17 +108,6 @@ async def test_host_lists_agents() -> None:
     assert len(await host.list_agents()) == 2
 
 
-async def test_host_running_probe() -> None:
-    """is_running answers from .running, or None while probe_known is false."""
-    host = InMemoryHost()
-    assert isinstance(host, RunningProbe)
-    host.running.add(("bob", "calendar:slot-s1"))
-    assert await host.is_running("bob", "calendar:slot-s1") is True
-    assert await host.is_running("bob", "calendar:slot-s2") is False
-    host.probe_known = False
-    assert await host.is_running("bob", "calendar:slot-s1") is None
-
-
 # -- InMemoryBackend ----------------------------------------------------------------------
 
 
@@ -175,68 +164,6 @@ async def test_backend_held_status_conflicts() -> None:
     assert backend.closed
 
 
-# -- FaultPlan ----------------------------------------------------------------------------
-
-
-def test_faults_apply_in_order_per_route() -> None:
-    """take() returns the first fault for the route (or "any"), consuming it."""
-    plan = FaultPlan().too_many(2, route="status").server_error(502).hang(1.5, route="heartbeat")
-    first = plan.take("heartbeat")
-    assert first == Fault(FaultKind.server_error, "any", status=502)
-    assert plan.take("heartbeat") == Fault(FaultKind.hang, "heartbeat", seconds=1.5)
-    assert plan.take("heartbeat") is None
-    assert plan.take("status") == Fault(FaultKind.too_many, "status", status=429, retry_after="2")
-    assert plan.take("status") is None
-    assert [f.kind for f in plan.applied] == [
-        FaultKind.server_error,
-        FaultKind.hang,
-        FaultKind.too_many,
-    ]
-
-
-def test_faults_repeat_times() -> None:
-    """A fault with times=n applies to n requests; pending() lists what is left."""
-    plan = FaultPlan().refused(status=403, times=2).malformed_json(route="heartbeat")
-    assert [f.kind for f in plan.pending()] == [
-        FaultKind.refused,
-        FaultKind.refused,
-        FaultKind.malformed_json,
-    ]
-    assert [plan.take("status"), plan.take("status")] == [
-        Fault(FaultKind.refused, "any", status=403)
-    ] * 2
-    assert plan.take("status") is None
-    plan.clear()
-    assert plan.pending() == []
-    assert plan.take("heartbeat") is None
-
-
-def test_fault_parameters() -> None:
-    """Each builder stores its parameters; Retry-After is kept as header text."""
-    date = "Fri, 27 Nov 2026 22:01:30 GMT"
-    plan = (
-        FaultPlan()
-        .server_error(500, retry_after=1.5)
-        .too_many(retry_after=date)
-        .slow_drip(2.0, 4)
-        .execute_then_timeout()
-        .oversized(1000)
-    )
-    faults = plan.pending()
-    assert faults[0].retry_after == "1.5"
-    assert faults[1].retry_after == date
-    assert (faults[2].seconds, faults[2].chunks) == (2.0, 4)
-    assert (faults[3].kind, faults[3].route) == (FaultKind.execute_then_timeout, "status")
-    assert (faults[4].nbytes, faults[4].route) == (1000, "heartbeat")
-
-
-@pytest.mark.parametrize("bad", [{"times": 0}, {"chunks": 0}])
-def test_fault_plan_refuses_nonsense(bad: dict[str, int]) -> None:
-    """times and chunks must be at least 1."""
-    with pytest.raises(ValueError, match="at least 1"):
-        FaultPlan().slow_drip(1.0, **bad)
-
-
 def test_testing_module_does_not_import_pytest_or_uvicorn() -> None:
     """Importing calsched.testing stays light: no pytest, and no uvicorn until serving."""
     code = "import sys, calsched.testing; print('pytest' in sys.modules, 'uvicorn' in sys.modules)"
@@ -244,3 +171,12 @@ def test_testing_module_does_not_import_pytest_or_uvicorn() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_fault_plan_is_the_backends_own() -> None:
+    """calsched.testing re-exports the fault types of calsched.backend.faults, not copies."""
+    from calsched import testing
+    from calsched.backend import faults
+
+    for name in ("Fault", "FaultKind", "FaultPlan", "FaultRoute"):
+        assert getattr(testing, name) is getattr(faults, name)

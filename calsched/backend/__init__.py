@@ -1,14 +1,13 @@
 """Backend adapters: the HTTP client, the embedded local calendar and the reference server.
 
 - :class:`HttpBackend` speaks protocol section 1 to a remote calendar backend.
-- :class:`LocalCalendar` keeps a calendar in the journal's database;
-  :class:`CalendarBackend` serves it to a scheduler in-process.
+- :class:`LocalCalendar` keeps a calendar in the journal's database.
 - :func:`create_backend_app` serves a :class:`LocalCalendar` over HTTP (the reference
-  backend, also what the integration tests run against).
+  backend, also what the integration tests run against, with the planned faults of
+  :mod:`calsched.backend.faults`).
 
 The names are loaded on first use: ``calsched run`` against a remote backend imports
-:mod:`calsched.backend.http` alone, not the calendar or the reference server (and the
-fault-injection fakes the server carries).
+:mod:`calsched.backend.http` alone, not the calendar or the reference server.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from calsched.backend.calendar import (
-        CalendarBackend,
         CalendarSlot,
         CalendarStatus,
         LocalCalendar,
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from calsched.backend.server import create_backend_app
 
 __all__ = [
-    "CalendarBackend",
     "CalendarSlot",
     "CalendarStatus",
     "HttpBackend",
@@ -40,7 +37,6 @@ __all__ = [
 ]
 
 _HOMES = {
-    "CalendarBackend": "calsched.backend.calendar",
     "CalendarSlot": "calsched.backend.calendar",
     "CalendarStatus": "calsched.backend.calendar",
     "LocalCalendar": "calsched.backend.calendar",

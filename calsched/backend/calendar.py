@@ -2,8 +2,8 @@
 
 :class:`LocalCalendar` keeps the tables ``calendar_slots`` and ``calendar_receipts``
 (created by the migrations, beside the journal, so a quickstart needs one file). The
-reference backend (:mod:`calsched.backend.server`) serves it over HTTP, and
-:class:`CalendarBackend` serves it in-process to a scheduler without any HTTP.
+reference backend (:mod:`calsched.backend.server`) serves it over HTTP; the daemon's
+embedded calendar is that same app, reached in-process (:func:`calsched.daemon.embedded_backend`).
 
 How a slot moves through the calendar (its own statuses, not the scheduler's)::
 
@@ -39,23 +39,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import anyio.to_thread
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select
 from sqlalchemy import update as update_rows
-from sqlalchemy.sql import ColumnElement
 
-from calsched.errors import (
-    BackendConflictError,
-    BackendRejectedError,
-    InvalidInputError,
-    SlotNotFoundError,
-)
+from calsched.errors import BackendConflictError, InvalidInputError, SlotNotFoundError
 from calsched.journal.engine import reading, writing
 from calsched.journal.schema import calendar_receipts, calendar_slots
 from calsched.model import (
-    HeartbeatRequest,
-    HeartbeatResponse,
-    RejectedSlot,
     Slot,
     SlotState,
     SlotUpdate,
@@ -67,7 +57,6 @@ from calsched.model import (
 
 __all__ = [
     "DEFAULT_BEAT_LIMIT",
-    "CalendarBackend",
     "CalendarSlot",
     "CalendarStatus",
     "LocalCalendar",
@@ -255,7 +244,7 @@ class LocalCalendar:
         already in the calendar.
         """
         now = self._clock()
-        # The wire model's rules (non-empty ids, at most 256 characters) apply here too.
+        # The wire model's rules (non-empty ids, at most MAX_ID_CHARS) apply here too.
         slot = parse(
             Slot,
             {
@@ -335,22 +324,6 @@ class LocalCalendar:
             query = query.where(calendar_slots.c.status.in_(values))
         with self._read() as conn:
             return [_slot_from(row) for row in conn.execute(query).mappings()]
-
-    def due(self, now: datetime | None = None) -> builtins.list[CalendarSlot]:
-        """``scheduled`` slots whose ``fire_at`` has passed (read only)."""
-        at = now or self._clock()
-        with self._read() as conn:
-            return self._due_in(conn, at, holder=None, limit=None)
-
-    def mark_fired(
-        self, slot_ids: Iterable[str], holder: str, *, now: datetime | None = None
-    ) -> None:
-        """Mark ``scheduled`` slots ``fired`` for ``holder``; other statuses are left alone."""
-        ids = sorted(set(slot_ids))
-        if not ids:
-            return
-        with self._write() as conn:
-            self._mark_fired_in(conn, ids, holder, now or self._clock())
 
     def fire_due(
         self, identifier: str, *, now: datetime | None = None, limit: int = DEFAULT_BEAT_LIMIT
@@ -492,19 +465,18 @@ class LocalCalendar:
         return _slot_from(row)
 
     def _due_in(
-        self, conn: Connection, now: datetime, *, holder: str | None, limit: int | None
+        self, conn: Connection, now: datetime, *, holder: str, limit: int
     ) -> builtins.list[CalendarSlot]:
-        due: ColumnElement[bool] = (calendar_slots.c.status == CalendarStatus.scheduled.value) & (
+        """``scheduled`` slots now due, and those already fired to ``holder``."""
+        due = (calendar_slots.c.status == CalendarStatus.scheduled.value) & (
             calendar_slots.c.fire_at <= now
         )
-        if holder is not None:
-            held = (calendar_slots.c.status == CalendarStatus.fired.value) & (
-                calendar_slots.c.holder == holder
-            )
-            due = or_(due, held)
+        held = (calendar_slots.c.status == CalendarStatus.fired.value) & (
+            calendar_slots.c.holder == holder
+        )
         query = (
             select(calendar_slots)
-            .where(due)
+            .where(or_(due, held))
             .order_by(calendar_slots.c.fire_at, calendar_slots.c.id)
             .limit(limit)
         )
@@ -519,41 +491,3 @@ class LocalCalendar:
             .where(calendar_slots.c.status == CalendarStatus.scheduled.value)
             .values(status=CalendarStatus.fired.value, holder=holder, updated_at=now)
         )
-
-
-class CalendarBackend:
-    """:class:`calsched.ports.Backend` served in-process by a :class:`LocalCalendar`.
-
-    For a daemon with an embedded calendar and no HTTP in between; the calendar's
-    synchronous calls run in a worker thread so the event loop never waits on the
-    database. Errors are those of :class:`~calsched.backend.http.HttpBackend`: an unknown
-    slot or a bad update is :class:`~calsched.errors.BackendRejectedError`, a held
-    terminal status :class:`~calsched.errors.BackendConflictError`.
-    """
-
-    def __init__(self, calendar: LocalCalendar) -> None:
-        self.calendar = calendar
-
-    def __repr__(self) -> str:
-        return f"CalendarBackend({self.calendar.engine.url.render_as_string()!r})"
-
-    async def heartbeat(
-        self, request: HeartbeatRequest
-    ) -> tuple[HeartbeatResponse, builtins.list[RejectedSlot]]:
-        """Fire what is due for ``request.identifier``; nothing is ever rejected."""
-        fired = await anyio.to_thread.run_sync(self.calendar.fire_due, request.identifier)
-        return HeartbeatResponse(slots_to_fire=[s.to_slot() for s in fired]), []
-
-    async def send_status(self, slot_id: str, update: SlotUpdate, idempotency_key: str) -> None:
-        """Record the update, once per key."""
-        try:
-            await anyio.to_thread.run_sync(
-                self.calendar.record_status, slot_id, update, idempotency_key
-            )
-        except SlotNotFoundError as exc:
-            raise BackendRejectedError(str(exc), status_code=404) from exc
-        except InvalidInputError as exc:
-            raise BackendRejectedError(str(exc), status_code=422) from exc
-
-    async def aclose(self) -> None:
-        """Nothing to release: the engine belongs to the caller."""

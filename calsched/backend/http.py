@@ -41,6 +41,7 @@ from urllib.parse import quote
 import httpx
 
 from calsched import __version__
+from calsched.bodies import read_capped
 from calsched.errors import (
     BackendConflictError,
     BackendError,
@@ -72,10 +73,6 @@ _PASSING = frozenset({408, 429})
 _CONFLICT_STATUSES = frozenset({"completed", "aborted"})
 # How much of an error body goes into a message: enough to read, never a flood.
 _EXCERPT_CHARS = 200
-
-
-class _TooLargeError(Exception):
-    """Internal: the body passed the cap while streaming."""
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -295,19 +292,10 @@ class HttpBackend:
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
         """Read the body up to the cap; stop (without reading on) once it is passed."""
-        cap = self.max_response_bytes
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            return b"", True
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                # Leaving the stream unread closes the connection: the rest is never read.
-                return b"", True
-            chunks.append(chunk)
-        return b"".join(chunks), False
+        # Leaving the stream unread closes the connection: the rest is never read.
+        body = await read_capped(response.aiter_bytes(), self.max_response_bytes, declared=declared)
+        return (b"", True) if body is None else (body, False)
 
     # -- classification -----------------------------------------------------------------
 

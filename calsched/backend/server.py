@@ -17,27 +17,27 @@ holds another terminal status, 503 when the database cannot be used. Error bodie
 ``{"error": code, "message": text}`` (the 409 adds ``status`` and ``reason``).
 
 The calendar is synchronous: every call to it runs in a worker thread, so a slow commit
-never stalls the event loop. A :class:`~calsched.testing.FaultPlan` makes the server
-misbehave on purpose; faults are taken before authentication, in arrival order.
+never stalls the event loop. Given a :class:`~calsched.backend.faults.FaultPlan`, the app
+is wrapped in :class:`~calsched.backend.faults.FaultMiddleware` and misbehaves on purpose;
+without one it has no fault code on its request path.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from calsched.backend.calendar import LocalCalendar
+from calsched.bodies import read_capped
 from calsched.errors import (
     BackendConflictError,
     ConfigError,
@@ -46,18 +46,18 @@ from calsched.errors import (
     SlotNotFoundError,
 )
 from calsched.model import HeartbeatRequest, SlotUpdate, parse, utcnow
-from calsched.testing import Fault, FaultKind, FaultPlan
+
+if TYPE_CHECKING:
+    from calsched.backend.faults import FaultPlan
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_backend_app"]
 
 Clock = Callable[[], datetime]
-RouteName = Literal["heartbeat", "status"]
 #: Handles a validated request body; returns the JSON answer and extra headers.
 Work = Callable[[Any], Awaitable[tuple[dict[str, Any], dict[str, str]]]]
 
 #: Request bodies above this are refused with 413: beats and updates are small.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-_PAD_CHUNK = 64 * 1024
 
 
 class _Problem(Exception):
@@ -100,7 +100,8 @@ def create_backend_app(
 ) -> Starlette:
     """The reference backend for ``calendar``, accepting only ``api_key``.
 
-    Raises :class:`~calsched.errors.ConfigError` for an empty key.
+    ``faults``, when given, is applied by a :class:`~calsched.backend.faults.FaultMiddleware`
+    around the app (for tests). Raises :class:`~calsched.errors.ConfigError` for an empty key.
     """
     if not api_key:
         raise ConfigError("the reference backend needs a non-empty API key")
@@ -112,24 +113,14 @@ def create_backend_app(
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise _Problem(401, "unauthorized", "missing or wrong API key")
 
-    async def serve(request: Request, route: RouteName, work: Work) -> Response:
-        fault = faults.take(route) if faults is not None else None
-        early = _fault_before(fault)
-        if early is not None:
-            return early
+    async def serve(request: Request, work: Work) -> Response:
         try:
             authorize(request)
             data = await _read_json(request, max_body_bytes)
-            if (
-                fault is not None
-                and fault.kind is FaultKind.hang
-                and await _until_client_gone(request, fault.seconds)
-            ):
-                return Response(status_code=503)  # nobody is listening any more
             payload, headers = await work(data)
         except Exception as exc:  # only our own errors are mapped; others re-raise
             return _problem_for(exc).response()
-        return await _fault_after(fault, request, payload, headers)
+        return JSONResponse(payload, headers=headers)
 
     async def heartbeat(data: Any) -> tuple[dict[str, Any], dict[str, str]]:
         beat = parse(HeartbeatRequest, data)
@@ -138,7 +129,7 @@ def create_backend_app(
         return body, {}
 
     async def heartbeat_endpoint(request: Request) -> Response:
-        return await serve(request, "heartbeat", heartbeat)
+        return await serve(request, heartbeat)
 
     async def status_endpoint(request: Request) -> Response:
         slot_id = request.path_params["slot_id"]
@@ -154,7 +145,7 @@ def create_backend_app(
             headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
             return {"ok": True, **outcome.receipt.to_wire()}, headers
 
-        return await serve(request, "status", status)
+        return await serve(request, status)
 
     async def receipts_endpoint(request: Request) -> Response:
         try:
@@ -165,7 +156,7 @@ def create_backend_app(
             return _problem_for(exc).response()
         return JSONResponse({"receipts": [r.to_wire() for r in found]})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/heartbeat", heartbeat_endpoint, methods=["POST"]),
             # :path so that an id with an encoded "/" still reaches the handler.
@@ -173,93 +164,19 @@ def create_backend_app(
             Route("/v1/receipts", receipts_endpoint, methods=["GET"]),
         ]
     )
+    if faults is not None:
+        from calsched.backend.faults import FaultMiddleware  # only tests plan faults
+
+        app.add_middleware(FaultMiddleware, plan=faults)
+    return app
 
 
 async def _read_json(request: Request, cap: int) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    body = await read_capped(request.stream(), cap, declared=declared)
+    if body is None:
         raise _Problem(413, "too_large", f"the body is over {cap} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _Problem(413, "too_large", f"the body is over {cap} bytes")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _Problem(400, "bad_request", "the body is not JSON") from None
-
-
-async def _until_client_gone(request: Request, seconds: float) -> bool:
-    """Wait up to ``seconds``; true as soon as the client disconnects."""
-    # The body has been read, so the next ASGI message can only be the disconnect.
-    with anyio.move_on_after(seconds):
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        return True
-    return False
-
-
-def _fault_before(fault: Fault | None) -> Response | None:
-    """The answer for a fault that replaces handling altogether."""
-    if fault is None:
-        return None
-    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-    status = fault.status or 200
-    if fault.kind is FaultKind.refused:
-        return JSONResponse(
-            {"error": "unauthorized", "message": "refused (planned fault)"}, status_code=status
-        )
-    if fault.kind in (FaultKind.server_error, FaultKind.too_many):
-        return JSONResponse(
-            {"error": "unavailable", "message": "planned fault"},
-            status_code=status,
-            headers=headers,
-        )
-    if fault.kind is FaultKind.malformed_json:
-        return Response(
-            b'{"slots_to_fire": [{"id": "s-', status_code=status, media_type="application/json"
-        )
-    if fault.kind is FaultKind.oversized:
-        return StreamingResponse(_padding(fault.nbytes), media_type="application/json")
-    return None
-
-
-async def _fault_after(
-    fault: Fault | None, request: Request, payload: dict[str, Any], headers: dict[str, str]
-) -> Response:
-    """The answer after handling: on time, dripped, or late."""
-    body = json.dumps(payload).encode()
-    if fault is not None and fault.kind is FaultKind.slow_drip:
-        return StreamingResponse(
-            _drip(body, fault.seconds, fault.chunks), media_type="application/json", headers=headers
-        )
-    if fault is not None and fault.kind is FaultKind.execute_then_timeout:
-        # The work is done and committed; only the answer is withheld.
-        await _until_client_gone(request, fault.seconds)
-    return Response(body, media_type="application/json", headers=headers)
-
-
-async def _drip(body: bytes, seconds: float, chunks: int) -> AsyncIterator[bytes]:
-    size = max(1, math.ceil(len(body) / chunks))
-    pause = seconds / chunks
-    for index in range(chunks):
-        await anyio.sleep(pause)
-        piece = body[index * size : (index + 1) * size]
-        if piece:
-            yield piece
-
-
-async def _padding(nbytes: int) -> AsyncIterator[bytes]:
-    # Valid JSON if read to the end, so only a size cap can refuse it.
-    head, tail = b'{"slots_to_fire": [], "padding": "', b'"}'
-    yield head
-    left = max(0, nbytes - len(head) - len(tail))
-    while left > 0:
-        step = min(left, _PAD_CHUNK)
-        yield b" " * step
-        left -= step
-        await anyio.sleep(0)
-    yield tail

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from calsched.bodies import read_capped
 from calsched.errors import ConfigError, WakeFailedError
-from calsched.model import AgentReport
+from calsched.model import AgentReport, first_error
 from calsched.ports import WakeRequest
 
 __all__ = ["MAX_AGENT_LIST_BYTES", "WebhookHost", "parse_agent_list"]
@@ -44,9 +45,9 @@ def parse_agent_list(data: Any, *, origin: str) -> list[AgentReport]:
         try:
             agents.append(AgentReport.model_validate(raw))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(entry)"
-            log.warning("%s: skipped agents[%d]: %s: %s", origin, index, where, first["msg"])
+            error = first_error(exc)
+            where = error.field or "(entry)"
+            log.warning("%s: skipped agents[%d]: %s: %s", origin, index, where, error.message)
     return agents
 
 
@@ -176,14 +177,13 @@ class WebhookHost:
             if response.status_code != 200:
                 log.warning("listing agents failed: HTTP %d", response.status_code)
                 return None
-            body = bytearray()
-            # Counted as it arrives: Content-Length may be missing or wrong.
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_AGENT_LIST_BYTES:
-                    log.warning("listing agents failed: answer over %d bytes", MAX_AGENT_LIST_BYTES)
-                    return None
-            return bytes(body)
+            declared = response.headers.get("Content-Length")
+            body = await read_capped(
+                response.aiter_bytes(), MAX_AGENT_LIST_BYTES, declared=declared
+            )
+            if body is None:
+                log.warning("listing agents failed: answer over %d bytes", MAX_AGENT_LIST_BYTES)
+            return body
 
     def _timeout_cause(self) -> str:
         return f"timeout after {self._timeout_s:g}s"

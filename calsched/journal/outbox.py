@@ -75,17 +75,6 @@ class OutboxLog:
         with self._read() as conn:
             return [outbox_from_row(row) for row in conn.execute(stmt).mappings()]
 
-    def next_outbox_due(self) -> datetime | None:
-        """The earliest ``next_try_at`` among undelivered rows, or ``None`` if none wait."""
-        with self._read() as conn:
-            return conn.execute(
-                select(func.min(outbox.c.next_try_at)).where(
-                    outbox.c.identifier == self.identifier,
-                    outbox.c.delivered_at.is_(None),
-                    outbox.c.dead_at.is_(None),
-                )
-            ).scalar_one_or_none()
-
     def mark_delivered(self, row_id: int, note: str | None = None) -> None:
         """The backend acknowledged the row."""
         with self._write() as conn:

@@ -36,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from calsched.model import MAX_ID_CHARS
+
 __all__ = [
     "ACTIVE_SLOTS_VIEW",
     "NAMING_CONVENTION",
@@ -101,10 +103,10 @@ events = Table(
     metadata,
     Column("seq", SeqType, primary_key=True, autoincrement=True),
     Column("event_id", String(36), nullable=False, unique=True),
-    Column("identifier", String(256), nullable=False),
-    Column("slot_id", String(256), nullable=False),
+    Column("identifier", String(MAX_ID_CHARS), nullable=False),
+    Column("slot_id", String(MAX_ID_CHARS), nullable=False),
     Column("attempt", Integer, nullable=False),
-    Column("agent_id", String(256), nullable=False),
+    Column("agent_id", String(MAX_ID_CHARS), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("actor", String(16), nullable=False),
     Column("state_from", String(16), nullable=True),
@@ -122,9 +124,9 @@ events = Table(
 slots = Table(
     "slots",
     metadata,
-    Column("identifier", String(256), primary_key=True),
-    Column("slot_id", String(256), primary_key=True),
-    Column("agent_id", String(256), nullable=False),
+    Column("identifier", String(MAX_ID_CHARS), primary_key=True),
+    Column("slot_id", String(MAX_ID_CHARS), primary_key=True),
+    Column("agent_id", String(MAX_ID_CHARS), nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("slot", JSON, nullable=False),
@@ -155,7 +157,7 @@ slots = Table(
 leases = Table(
     "leases",
     metadata,
-    Column("identifier", String(256), primary_key=True),
+    Column("identifier", String(MAX_ID_CHARS), primary_key=True),
     #: The fencing token: grows by one with every acquisition, never goes back.
     Column("epoch", BigInteger, nullable=False),
     #: Random per process start: tells a restarted process on the same pid apart.
@@ -176,8 +178,8 @@ outbox = Table(
     Column("id", SeqType, primary_key=True, autoincrement=True),
     Column("event_seq", SeqType, ForeignKey("events.seq"), nullable=False, unique=True),
     Column("idempotency_key", String(36), nullable=False),
-    Column("identifier", String(256), nullable=False),
-    Column("slot_id", String(256), nullable=False),
+    Column("identifier", String(MAX_ID_CHARS), nullable=False),
+    Column("slot_id", String(MAX_ID_CHARS), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("summary", Text, nullable=True),
@@ -198,15 +200,15 @@ outbox = Table(
 calendar_slots = Table(
     "calendar_slots",
     metadata,
-    Column("id", String(256), primary_key=True),
-    Column("agent_id", String(256), nullable=False),
+    Column("id", String(MAX_ID_CHARS), primary_key=True),
+    Column("agent_id", String(MAX_ID_CHARS), nullable=False),
     Column("title", Text, nullable=True),
     Column("prompt_text", Text, nullable=True),
     Column("fire_at", UTCDateTime, nullable=False),
     Column("wake_options", JSON, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
-    Column("holder", String(256), nullable=True),
+    Column("holder", String(MAX_ID_CHARS), nullable=True),
     Column("summary", Text, nullable=True),
     Column("reason", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -222,8 +224,8 @@ calendar_receipts = Table(
     "calendar_receipts",
     metadata,
     Column("idempotency_key", String(128), primary_key=True),
-    Column("slot_id", String(256), nullable=False),
-    Column("identifier", String(256), nullable=False),
+    Column("slot_id", String(MAX_ID_CHARS), nullable=False),
+    Column("identifier", String(MAX_ID_CHARS), nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("body", JSON, nullable=False),

@@ -13,7 +13,7 @@ crash harness, and a lease per identifier are changes there, not everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import cached_property
@@ -58,7 +58,6 @@ from calsched.journal.transitions import (
 )
 from calsched.model import (
     ACTIVE_STATES,
-    CURRENT_STATES,
     Event,
     SlotState,
     SlotView,
@@ -78,7 +77,6 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
-_CURRENT = sorted(s.value for s in CURRENT_STATES)
 
 
 class Journal(OutboxLog):
@@ -202,14 +200,6 @@ class Journal(OutboxLog):
             views = self._select_views(conn, slots.c.state.in_(_ACTIVE))
         return sorted(views, key=lambda v: v.last_seq)
 
-    def current_for_agent(self, agent_id: str) -> SlotView | None:
-        """The agent's current slot (dispatching, in progress or paused), if any."""
-        with self._read() as conn:
-            found = self._select_views(
-                conn, slots.c.agent_id == agent_id, slots.c.state.in_(_CURRENT)
-            )
-        return found[0] if found else None
-
     def history(
         self,
         *,
@@ -265,27 +255,36 @@ class Journal(OutboxLog):
         for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
             yield event_from_row(row)
 
-    def terminal_settled_at(self, slot_id: str) -> datetime | None:
-        """When the backend learnt the slot's current terminal status, if it has.
+    def settled_at(self, views: Iterable[SlotView]) -> dict[str, datetime | None]:
+        """For each ended slot of ``views``: when the backend learnt its terminal status.
 
         A reconcile came from the backend, so it is settled when recorded; otherwise the
         terminal event's outbox row must be delivered (or dead-lettered: the backend
-        refused it for good, and will not hear it by retrying).
+        refused it for good, and will not hear it by retrying). ``None`` while it has
+        not; live slots are left out. One read for the lot, by each view's last event.
         """
+        ended = {v.last_seq: v.slot_id for v in views if v.terminal}
+        settled: dict[str, datetime | None] = dict.fromkeys(ended.values())
+        seqs = list(ended)
         with self._read() as conn:
-            found = self._select_views(conn, slots.c.slot_id == slot_id)
-            if not found or not found[0].terminal:
-                return None
-            last = conn.execute(
-                select(events.c.kind, events.c.recorded_at, outbox.c.delivered_at, outbox.c.dead_at)
-                .select_from(events.outerjoin(outbox, outbox.c.event_seq == events.c.seq))
-                .where(events.c.seq == found[0].last_seq)
-            ).one()
-        settled: datetime | None
-        if last.kind == Trigger.reconcile.value:
-            settled = last.recorded_at
-        else:
-            settled = last.delivered_at or last.dead_at
+            # Chunks keep the IN list within every driver's parameter limit.
+            for start in range(0, len(seqs), 500):
+                rows = conn.execute(
+                    select(
+                        events.c.seq,
+                        events.c.kind,
+                        events.c.recorded_at,
+                        outbox.c.delivered_at,
+                        outbox.c.dead_at,
+                    )
+                    .select_from(events.outerjoin(outbox, outbox.c.event_seq == events.c.seq))
+                    .where(events.c.seq.in_(seqs[start : start + 500]))
+                )
+                for row in rows:
+                    reconciled = row.kind == Trigger.reconcile.value
+                    settled[ended[row.seq]] = (
+                        row.recorded_at if reconciled else row.delivered_at or row.dead_at
+                    )
         return settled
 
     # -- replay -------------------------------------------------------------------------

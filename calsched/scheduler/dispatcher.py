@@ -18,7 +18,7 @@ from calsched.errors import InvalidTransitionError, SlotNotFoundError, WakeFaile
 from calsched.journal import TransitionRequest
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger
-from calsched.ports import Host, RunningProbe, WakeRequest
+from calsched.ports import Host, WakeRequest
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.settings import SchedulerSettings
@@ -125,19 +125,16 @@ class Dispatcher:
         actor = Actor.recovery if recovering else Actor.scheduler
         failure: str | None = None
         async with self._wake_slots:
-            if recovering and await self._already_running(request):
-                log.info("slot %s already running on the host; not woken again", view.slot_id)
-            else:
-                try:
-                    async with asyncio.timeout(self.settings.wake_timeout_s):
-                        await self.host.wake_agent(request)
-                    self.metrics.wakes.labels("ok").inc()
-                except WakeFailedError as exc:
-                    failure = str(exc)
-                except TimeoutError:
-                    failure = f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
-                except Exception as exc:  # a broken host adapter fails the wake, not the loop
-                    failure = f"wake-agent failed: {type(exc).__name__}"
+            try:
+                async with asyncio.timeout(self.settings.wake_timeout_s):
+                    await self.host.wake_agent(request)
+                self.metrics.wakes.labels("ok").inc()
+            except WakeFailedError as exc:
+                failure = str(exc)
+            except TimeoutError:
+                failure = f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
+            except Exception as exc:  # a broken host adapter fails the wake, not the loop
+                failure = f"wake-agent failed: {type(exc).__name__}"
         self._failpoint("after_wake")
         if failure is None:
             await self._settle_wake(view, Trigger.woke, actor, None)
@@ -148,14 +145,6 @@ class Dispatcher:
             log.warning("slot %s: %s", view.slot_id, failure)
             await self._settle_wake(view, Trigger.wake_failed, actor, failure)
             await self.pump(view.agent_id)
-
-    async def _already_running(self, request: WakeRequest) -> bool:
-        if not isinstance(self.host, RunningProbe):
-            return False
-        try:
-            return bool(await self.host.is_running(request.agent_id, request.source))
-        except Exception:  # unknown: wake again (at-least-once)
-            return False
 
     async def _settle_wake(
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None

@@ -189,12 +189,11 @@ class Heartbeat:
         if not fresh:
             return
         views = await self._gateway.read(self.journal.get_many, [s.id for s in fresh])
-        known: dict[str, Known] = {}
-        for slot_id, view in views.items():
-            settled = None
-            if view.terminal:
-                settled = await self._gateway.read(self.journal.terminal_settled_at, slot_id)
-            known[slot_id] = Known(ended=view.terminal, settled_at=settled)
+        settled = await self._gateway.read(self.journal.settled_at, views.values())
+        known = {
+            slot_id: Known(ended=view.terminal, settled_at=settled.get(slot_id))
+            for slot_id, view in views.items()
+        }
         requests = plan_intake(
             fresh,
             known,

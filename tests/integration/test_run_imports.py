@@ -24,10 +24,20 @@ from calsched.errors import SlotNotFoundError
 from calsched.journal import Journal
 
 #: Never on the run path: migrations when the schema is at head, the other commands'
-#: output, the demo.
-NEVER = ("alembic", "mako", "rich", "pygments", "calsched.demo.run", "calsched.demo.report")
-#: Also not with a remote backend: the embedded calendar, the reference server, the fakes.
-NOT_REMOTE = ("calsched.backend.calendar", "calsched.backend.server", "calsched.testing")
+#: output, the demo, the test fakes and the fault injection (not even with the embedded
+#: calendar, whose reference backend is built without a fault plan).
+NEVER = (
+    "alembic",
+    "mako",
+    "rich",
+    "pygments",
+    "calsched.demo.run",
+    "calsched.demo.report",
+    "calsched.testing",
+    "calsched.backend.faults",
+)
+#: Also not with a remote backend: the embedded calendar and the reference server.
+NOT_REMOTE = ("calsched.backend.calendar", "calsched.backend.server")
 
 _CHILD = (
     "import atexit, json, sys\n"
@@ -106,7 +116,7 @@ def at_head(tmp_path: Path) -> str:
 async def test_run_with_a_remote_backend_imports_only_what_it_needs(
     tmp_path: Path, at_head: str, calendar: LocalCalendar, backend_url: str, api_key: str
 ) -> None:
-    """Remote backend: no Alembic, rich, demo, embedded calendar or reference server."""
+    """Remote backend: none of those, nor the embedded calendar or the reference server."""
     modules = await _run_until_settled(
         tmp_path, calendar, at_head, "--backend-url", backend_url, key=api_key
     )
@@ -117,7 +127,7 @@ async def test_run_with_a_remote_backend_imports_only_what_it_needs(
 async def test_run_with_the_embedded_calendar_imports_only_what_it_needs(
     tmp_path: Path, at_head: str
 ) -> None:
-    """Embedded calendar: no Alembic, rich or demo either."""
+    """Embedded calendar: no Alembic, rich, demo, test fakes or fault injection either."""
     journal = Journal.open(at_head, "host-a")
     try:
         modules = await _run_until_settled(tmp_path, LocalCalendar(journal.engine), at_head)

@@ -287,10 +287,6 @@ class JournalMachine(RuleBasedStateMachine):
         assert {v.slot_id: Modelled(v.state, v.attempt, v.agent_id) for v in views} == self.model
         current = Counter(v.agent_id for v in views if v.state in CURRENT_STATES)
         assert all(n <= 1 for n in current.values()), current
-        for agent in current:
-            view = self.journal.current_for_agent(agent)
-            assert view is not None
-            assert view.agent_id == agent
         events = self.journal.events()
         assert len(events) == self.events
         assert len(self.journal.outbox_rows()) == self.outbox
