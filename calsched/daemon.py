@@ -260,7 +260,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             upgrade=True,
         )
         stack.callback(journal.close)  # last out: after the backend and the scheduler
-        lease = await take_lease(cfg, journal, standby=standby)
+        lease = await _take_lease(cfg, journal, standby=standby)
         if lease is None:  # a signal while standing by
             return 0
         stack.callback(lease.release)  # before the journal closes: a restart need not wait
@@ -319,7 +319,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             log.info("daemon stopped")
 
 
-async def take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
+async def _take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
     """Acquire the identifier's lease; with ``standby``, wait for it (``None`` if a
     signal came first). Without, a live holder is a :class:`LeaseHeldError`."""
     from calsched.journal.lease import Lease, bound_idle_transactions, death_lock_for
