@@ -135,7 +135,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def build_host(cfg: Config) -> Host:
     """The host adapter the configuration names."""
     host = cfg.host
-    timeout = cfg.scheduler.wake_timeout_s
+    # No deadline for the adapters: the scheduler bounds each wake by wake_timeout_s.
     if host.adapter is HostAdapter.webhook:
         from calsched.host import WebhookHost
 
@@ -145,13 +145,12 @@ def build_host(cfg: Config) -> Host:
             str(host.wake_url),
             agents_url=str(host.agents_url) if host.agents_url is not None else None,
             token=token.get_secret_value() if token is not None else None,
-            timeout_s=timeout,
         )
     if host.adapter is HostAdapter.command:
         from calsched.host import CommandHost
 
         assert host.command  # the config's own rule
-        return CommandHost(host.command, timeout_s=timeout, list_argv=host.agents_command)
+        return CommandHost(host.command, list_argv=host.agents_command)
     return NoHost()
 
 
@@ -173,7 +172,6 @@ def remote_backend(cfg: Config) -> HttpBackend | None:
     return HttpBackend(
         str(cfg.backend_url),
         key.get_secret_value(),
-        deadline_s=cfg.scheduler.backend_deadline_s,
         max_response_bytes=cfg.backend_max_response_bytes,
     )
 
@@ -195,7 +193,6 @@ def embedded_backend(cfg: Config, engine: Engine) -> HttpBackend:
     return HttpBackend(
         _EMBEDDED_URL,
         key,
-        deadline_s=cfg.scheduler.backend_deadline_s,
         max_response_bytes=cfg.backend_max_response_bytes,
         transport=httpx.ASGITransport(app=create_backend_app(LocalCalendar(engine), key)),
     )

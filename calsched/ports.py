@@ -2,6 +2,11 @@
 
 The scheduler depends only on these protocols; ``calsched.backend``, ``calsched.host`` and
 ``calsched.testing`` implement them, and ``calsched.control`` serves :class:`SlotTools`.
+
+The scheduler bounds every call it makes through :class:`Backend` and :class:`Host`
+(``settings.backend_deadline_s``, ``settings.wake_timeout_s``) by cancelling it, so
+implementations need no deadline of their own; they must only be cancellation-safe (close
+their streams, kill and reap what they started).
 """
 
 from __future__ import annotations
@@ -47,7 +52,11 @@ class WakeRequest:
 
 
 class Backend(Protocol):
-    """The calendar backend (protocol section 1)."""
+    """The calendar backend (protocol section 1).
+
+    Each call is bounded by the scheduler's ``backend_deadline_s``; a call still running
+    then is cancelled and counted as ``no answer within Ns``.
+    """
 
     async def heartbeat(
         self, request: HeartbeatRequest
@@ -74,7 +83,11 @@ class Backend(Protocol):
 
 
 class Host(Protocol):
-    """The agent host: wakes agents and lists them."""
+    """The agent host: wakes agents and lists them.
+
+    Each call is bounded by the scheduler's ``wake_timeout_s``; a wake still running then is
+    cancelled and fails with ``timeout after Ns``, a list still running gives no agents.
+    """
 
     async def wake_agent(self, request: WakeRequest) -> None:
         """Deliver a wake; raise :class:`~calsched.errors.WakeFailedError` if not accepted."""

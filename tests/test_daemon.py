@@ -78,7 +78,7 @@ async def test_build_host_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(host, WebhookHost)
     shown = repr(host)
     assert "token=set" in shown
-    assert "timeout_s=3" in shown
+    assert "timeout" not in shown  # wake_timeout_s is the scheduler's, not the adapter's
     assert "host-secret" not in shown
     await host.aclose()
 
@@ -101,7 +101,10 @@ def test_remote_backend_needs_a_key() -> None:
 
 
 async def test_remote_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """backend_url with a key gives an HttpBackend to that URL with the configured bounds."""
+    """backend_url with a key gives an HttpBackend to that URL with the configured cap.
+
+    backend_deadline_s is not passed on: the scheduler applies it around every call.
+    """
     monkeypatch.setenv("CALSCHED_BACKEND_API_KEY", "k-123")
     backend = remote_backend(
         config(
@@ -112,7 +115,8 @@ async def test_remote_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert isinstance(backend, HttpBackend)
     assert backend.base_url == "http://127.0.0.1:9/api"
-    assert (backend.deadline_s, backend.max_response_bytes) == (2, 4096)
+    assert backend.max_response_bytes == 4096
+    assert "deadline" not in repr(backend)
     await backend.aclose()
 
 

@@ -15,8 +15,12 @@ import pytest
 from calsched.errors import ConfigError, WakeFailedError
 from calsched.host import WebhookHost, parse_agent_list
 from calsched.host.webhook import MAX_AGENT_LIST_BYTES
-from calsched.model import AgentReport, AgentStatus
+from calsched.journal import Journal
+from calsched.model import AgentReport, AgentStatus, Slot, SlotState, parse
 from calsched.ports import Host, WakeRequest
+from calsched.scheduler import Scheduler
+from calsched.settings import SchedulerSettings
+from calsched.testing import InMemoryBackend
 
 WAKE_URL = "http://host.test/wake"
 AGENTS_URL = "http://host.test/agents"
@@ -131,7 +135,7 @@ async def test_real_refused_connection_says_refused() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    host = WebhookHost(f"http://127.0.0.1:{port}/wake", timeout_s=5)
+    host = WebhookHost(f"http://127.0.0.1:{port}/wake")
     try:
         with pytest.raises(WakeFailedError) as info:
             await host.wake_agent(REQUEST)
@@ -163,31 +167,59 @@ async def test_other_transport_errors_give_short_causes(
     assert info.value.cause == cause
 
 
-async def test_slow_answer_times_out(make_host: Any) -> None:
-    """No answer within the wake timeout is a failed wake: "timeout after Ns"."""
+async def test_requests_carry_no_timeout_of_their_own(make_host: Any) -> None:
+    """The adapter sets no httpx timeout: the scheduler's wake_timeout_s is the only one."""
+    host, recorder = make_host(lambda request: httpx.Response(200, json={"agents": []}))
+    await host.wake_agent(REQUEST)
+    await host.list_agents()
+    unbounded = {"connect": None, "read": None, "write": None, "pool": None}
+    assert [r.extensions["timeout"] for r in recorder.requests] == [unbounded, unbounded]
 
-    async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
+
+async def test_a_hanging_wake_is_cut_by_the_scheduler_alone(db_url: str, make_host: Any) -> None:
+    """The scheduler cuts a hanging webhook at its wake_timeout_s, with its one message.
+
+    The host's request is cancelled (its stream closed), not left running behind the
+    failed wake.
+    """
+    cancelled = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         return httpx.Response(200)
 
-    host, _ = make_host(slow, timeout_s=0.05)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(WakeFailedError) as info:
-        await host.wake_agent(REQUEST)
-    assert info.value.cause == "timeout after 0.05s"
-    assert loop.time() - started < 2
+    host, _ = make_host(hang)
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    journal = Journal.open(db_url, "host-a")
+    backend = InMemoryBackend([parse(Slot, {"id": "s1", "agent_id": "bob", "title": "t"})])
+    settings = SchedulerSettings(identifier="host-a", wake_timeout_s=0.2)
+    try:
+        async with Scheduler(settings, journal, backend, host) as sched:
+            await sched.heartbeat_once()
+            await sched.idle()
+            view = journal.get("s1")
+    finally:
+        journal.close()
+    assert view is not None
+    assert view.state is SlotState.aborted
+    assert view.reason == "wake-agent failed: timeout after 0.2s"
+    assert cancelled.is_set()
 
 
-async def test_httpx_timeout_is_a_timeout(make_host: Any) -> None:
-    """httpx's own timeout exceptions read as a timeout too."""
+async def test_a_transport_timeout_is_a_transport_error(make_host: Any) -> None:
+    """A timeout a transport raises itself is named by its kind, like any network error."""
 
     def timeout(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("read timed out", request=request)
 
     host, _ = make_host(timeout)
-    with pytest.raises(WakeFailedError, match="timeout after 30s"):
+    with pytest.raises(WakeFailedError) as info:
         await host.wake_agent(REQUEST)
+    assert info.value.cause == "ReadTimeout: read timed out"
 
 
 def test_repr_hides_the_token_and_url_credentials() -> None:
@@ -199,6 +231,7 @@ def test_repr_hides_the_token_and_url_credentials() -> None:
     assert "k1" not in text
     assert "token=set" in text
     assert "host.test/wake" in text
+    assert "timeout" not in text  # the scheduler owns the deadline
     assert "token=none" in repr(WebhookHost(WAKE_URL))
 
 
@@ -209,11 +242,10 @@ def test_repr_hides_the_token_and_url_credentials() -> None:
         ("/relative/wake", {}),
         ("http://host:notaport/wake", {}),
         (WAKE_URL, {"agents_url": "file:///etc/passwd"}),
-        (WAKE_URL, {"timeout_s": 0}),
     ],
 )
 def test_unusable_configuration_is_a_config_error(url: str, kwargs: dict[str, Any]) -> None:
-    """Bad URLs and a non-positive timeout are refused at construction."""
+    """Bad URLs are refused at construction."""
     with pytest.raises(ConfigError):
         WebhookHost(url, **kwargs)
 
@@ -293,22 +325,32 @@ async def test_agent_list_connection_error_is_empty(
     assert "connection refused" in caplog.text
 
 
-async def test_agent_list_has_one_overall_deadline(
-    make_host: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A body that trickles in, each chunk in time, still stops at the overall deadline."""
+class Trickle(httpx.AsyncByteStream):
+    """An agent list that trickles in a byte at a time; records being closed."""
 
-    async def trickle() -> AsyncIterator[bytes]:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         yield b'{"agents": ['
-        for _ in range(100):
+        for _ in range(1000):
             await asyncio.sleep(0.01)
             yield b" "
         yield b"]}"
 
-    host, _ = make_host(lambda request: httpx.Response(200, content=trickle()), timeout_s=0.1)
-    with caplog.at_level(logging.WARNING, logger="calsched.host"):
-        assert await host.list_agents() == []
-    assert "timeout after 0.1s" in caplog.text
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_cancelled_agent_list_closes_its_stream(make_host: Any) -> None:
+    """Cut off from outside (as the heartbeat does at wake_timeout_s), the list lets the
+    cancellation through and closes the half-read answer."""
+    stream = Trickle()
+    host, _ = make_host(lambda request: httpx.Response(200, stream=stream))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await host.list_agents()
+    assert stream.closed
 
 
 def test_parse_agent_list_accepts_an_empty_list() -> None:

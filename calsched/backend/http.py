@@ -18,11 +18,11 @@ else unexpected is a passing fault. A heartbeat answer that is not 200, not JSON
 the protocol's envelope or larger than ``max_response_bytes`` fails the beat with a
 :class:`~calsched.errors.BackendError`.
 
-Two bounds protect the scheduler from a misbehaving backend: the response body is read
-as a stream and abandoned as soon as it passes the cap (``Content-Length`` is only a
-hint), and the *whole* exchange — connect, send, headers and a body that may drip a
-byte at a time — must finish within ``deadline_s``; httpx's own timeouts bound each
-read, not the sum of them.
+The response body is read as a stream and abandoned as soon as it passes the cap
+(``Content-Length`` is only a hint). There is no deadline here: the scheduler bounds
+every call (``settings.backend_deadline_s``) around the whole exchange — connect, send,
+headers and a body that may drip a byte at a time — by cancelling it, which closes the
+stream and its connection.
 
 The API key travels only in the ``Authorization`` header. It is never part of an
 exception message, a log line or :func:`repr`.
@@ -30,7 +30,6 @@ exception message, a log line or :func:`repr`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from datetime import UTC, datetime
@@ -59,12 +58,10 @@ from calsched.model import (
     parse_heartbeat_response,
 )
 
-__all__ = ["DEFAULT_DEADLINE_S", "DEFAULT_MAX_RESPONSE_BYTES", "HttpBackend", "parse_retry_after"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "HttpBackend", "parse_retry_after"]
 
 #: The protocol's default cap on a response body.
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-#: Default bound on one whole request/response exchange.
-DEFAULT_DEADLINE_S = 15.0
 
 _ACKNOWLEDGED = frozenset({200, 202, 204})
 _REJECTED = frozenset({400, 404, 422})
@@ -135,7 +132,6 @@ class HttpBackend:
         base_url: str,
         api_key: str,
         *,
-        deadline_s: float = DEFAULT_DEADLINE_S,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
         plugin_version: str = __version__,
@@ -149,8 +145,6 @@ class HttpBackend:
             raise ConfigError(
                 f"the backend URL must be http:// or https:// with a host, not {base.scheme!r}"
             )
-        if deadline_s <= 0 or not math.isfinite(deadline_s):
-            raise ConfigError(f"the backend deadline must be positive, not {deadline_s!r}")
         if max_response_bytes <= 0:
             raise ConfigError(f"the response size cap must be positive, not {max_response_bytes!r}")
         if base.query or base.fragment:
@@ -159,7 +153,6 @@ class HttpBackend:
         self._root = str(base).rstrip("/")
         self._shown_base = _redacted_url(base)
         self._api_key = api_key
-        self.deadline_s = deadline_s
         self.max_response_bytes = max_response_bytes
         self._client = httpx.AsyncClient(
             headers={
@@ -167,14 +160,15 @@ class HttpBackend:
                 "User-Agent": f"calsched/{plugin_version}",
                 "Accept": "application/json",
             },
-            # Per-operation bounds; the overall deadline is enforced around the exchange.
-            timeout=httpx.Timeout(deadline_s),
+            # None: the scheduler bounds every call (settings.backend_deadline_s) around
+            # the whole exchange; httpx's per-read clocks would only bound each read.
+            timeout=None,  # noqa: S113 - bounded by the scheduler, see above
             transport=transport,
             follow_redirects=False,
         )
 
     def __repr__(self) -> str:
-        return f"HttpBackend(base_url={self._shown_base!r}, deadline_s={self.deadline_s!r})"
+        return f"HttpBackend(base_url={self._shown_base!r})"
 
     @property
     def base_url(self) -> str:
@@ -266,20 +260,16 @@ class HttpBackend:
     ) -> tuple[int, httpx.Headers, bytes, bool]:
         """POST ``payload``; return (status, headers, body up to the cap, body too large).
 
-        Transport failures and the overall deadline become BackendUnavailableError here.
+        Transport failures become BackendUnavailableError here. Unbounded: the caller's
+        deadline cancels it, and leaving the ``stream`` block closes the connection.
         """
         url = httpx.URL(self._root + path)
         try:
-            async with asyncio.timeout(self.deadline_s):
-                async with self._client.stream(
-                    "POST", url, json=payload, headers=extra_headers
-                ) as response:
-                    body, too_large = await self._read_capped(response)
-                    return response.status_code, response.headers, body, too_large
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"{what}: no complete answer within {self.deadline_s:g} s"
-            ) from None
+            async with self._client.stream(
+                "POST", url, json=payload, headers=extra_headers
+            ) as response:
+                body, too_large = await self._read_capped(response)
+                return response.status_code, response.headers, body, too_large
         except httpx.TimeoutException as exc:
             raise BackendUnavailableError(
                 f"{what}: timed out ({type(exc).__name__})"

@@ -83,10 +83,10 @@ class CommandHost:
     :class:`~calsched.errors.ConfigError` here, not at the first wake.
 
     Exit status 0 means the wake was accepted. A non-zero exit raises
-    :class:`~calsched.errors.WakeFailedError` with ``exit N: <first line of stderr>``; a
-    program still running after ``timeout_s`` is killed with its process group and the
-    wake fails with ``timeout after Ns``. The program is always waited for, so it never
-    lingers as a zombie, also when the wake is cancelled.
+    :class:`~calsched.errors.WakeFailedError` with ``exit N: <first line of stderr>``.
+    There is no deadline here: the scheduler bounds every call
+    (``settings.wake_timeout_s``) by cancelling it, and a cancelled wake or list kills the
+    program's process group and reaps it, so nothing lingers as an orphan or a zombie.
 
     ``list_argv``, if given, is run as is for :meth:`list_agents` and prints
     ``{"agents": [...]}`` on stdout. ``env`` replaces the environment of both programs;
@@ -98,24 +98,20 @@ class CommandHost:
         self,
         argv_template: Sequence[str],
         *,
-        timeout_s: float = 30.0,
         list_argv: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if not timeout_s > 0:
-            raise ConfigError(f"the wake timeout must be positive (got {timeout_s})")
         self._argv = _check_template(argv_template, "wake command")
         self._list_argv: tuple[str, ...] | None = None
         if list_argv is not None:
             if isinstance(list_argv, str) or not list_argv or not list_argv[0]:
                 raise ConfigError("list command must be a non-empty list of arguments")
             self._list_argv = tuple(list_argv)
-        self._timeout_s = timeout_s
         self._env = dict(env) if env is not None else None
 
     def __repr__(self) -> str:
         return (
-            f"CommandHost({list(self._argv)!r}, timeout_s={self._timeout_s:g}, "
+            f"CommandHost({list(self._argv)!r}, "
             f"list_argv={list(self._list_argv) if self._list_argv else None!r})"
         )
 
@@ -181,7 +177,11 @@ class CommandHost:
         stdout: IO[bytes] | None,
         stderr: IO[bytes],
     ) -> int:
-        """Run ``argv`` to its end within the timeout; the exit code (negative: a signal)."""
+        """Run ``argv`` to its end; the exit code (negative: a signal).
+
+        Unbounded on purpose: the caller's deadline cancels it, and cancelling kills the
+        process group.
+        """
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -189,7 +189,7 @@ class CommandHost:
                 stdout=stdout if stdout is not None else asyncio.subprocess.DEVNULL,
                 stderr=stderr,
                 env=self._environment(),
-                # Its own process group, so a timeout kills what it started too.
+                # Its own process group, so a cancelled wake kills what it started too.
                 start_new_session=True,
             )
         except OSError as exc:
@@ -197,13 +197,9 @@ class CommandHost:
         except ValueError as exc:  # e.g. a NUL byte in an argument filled from the slot
             raise WakeFailedError(agent_id, f"cannot run {argv[0]}: {exc}") from exc
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await proc.wait()
-        except TimeoutError:
-            await _kill(proc)
-            raise WakeFailedError(agent_id, f"timeout after {self._timeout_s:g}s") from None
+            return await proc.wait()
         finally:
-            # Cancelled from outside (the scheduler's own deadline, shutdown): still no orphan.
+            # Cancelled from outside (the scheduler's wake_timeout_s, shutdown): no orphan.
             if proc.returncode is None:
                 await _kill(proc)
 

@@ -6,7 +6,6 @@ which :class:`~calsched.host.command.CommandHost` reads from its list program to
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -95,10 +94,10 @@ def _checked_url(url: str, what: str) -> httpx.URL:
 class WebhookHost:
     """Wakes agents by ``POST wake_url`` and lists them by ``GET agents_url``.
 
-    Any 2xx answer to a wake means the host accepted it. A non-2xx answer, a network
-    error, or no complete answer within ``timeout_s`` (one deadline for the whole
-    exchange, not per read) raises :class:`~calsched.errors.WakeFailedError` with a short
-    cause such as ``HTTP 503``, ``timeout after 30s`` or ``connection refused``.
+    Any 2xx answer to a wake means the host accepted it. A non-2xx answer or a network
+    error raises :class:`~calsched.errors.WakeFailedError` with a short cause such as
+    ``HTTP 503`` or ``connection refused``. There is no deadline here: the scheduler bounds
+    every call (``settings.wake_timeout_s``) by cancelling it, which closes the stream.
     Redirects are not followed: a 3xx is a failed wake, and the token stays with the
     configured URL. ``transport`` is for tests (``httpx.MockTransport``).
     """
@@ -109,42 +108,38 @@ class WebhookHost:
         *,
         agents_url: str | None = None,
         token: str | None = None,
-        timeout_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not timeout_s > 0:
-            raise ConfigError(f"the wake timeout must be positive (got {timeout_s})")
         self._wake_url = _checked_url(wake_url, "wake_url")
         self._agents_url = None if agents_url is None else _checked_url(agents_url, "agents_url")
-        self._timeout_s = timeout_s
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         # Kept private and only ever sent as a header: it is in no repr, log or error.
         self._headers = headers
+        # timeout=None: the scheduler bounds every call (settings.wake_timeout_s), so a
+        # second, per-read clock here would only give the same failure another message.
         self._client = httpx.AsyncClient(
-            transport=transport, timeout=timeout_s, follow_redirects=False
+            transport=transport,
+            timeout=None,  # noqa: S113 - bounded by the scheduler, see above
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:
         token = "set" if "Authorization" in self._headers else "none"
         return (
             f"WebhookHost(wake_url={_redacted(self._wake_url)!r}, "
-            f"agents_url={_redacted(self._agents_url)!r}, token={token}, "
-            f"timeout_s={self._timeout_s:g})"
+            f"agents_url={_redacted(self._agents_url)!r}, token={token})"
         )
 
     async def wake_agent(self, request: WakeRequest) -> None:
         """POST the wake; return on 2xx, else raise :class:`WakeFailedError`."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                # Streamed and never read: the host's answer is its status code alone.
-                async with self._client.stream(
-                    "POST", self._wake_url, json=request.to_wire(), headers=self._headers
-                ) as response:
-                    status = response.status_code
-        except (TimeoutError, httpx.TimeoutException):
-            raise WakeFailedError(request.agent_id, self._timeout_cause()) from None
+            # Streamed and never read: the host's answer is its status code alone.
+            async with self._client.stream(
+                "POST", self._wake_url, json=request.to_wire(), headers=self._headers
+            ) as response:
+                status = response.status_code
         except httpx.TransportError as exc:
             raise WakeFailedError(request.agent_id, _transport_cause(exc)) from exc
         if not 200 <= status < 300:
@@ -155,11 +150,7 @@ class WebhookHost:
         if self._agents_url is None:
             return []
         try:
-            async with asyncio.timeout(self._timeout_s):
-                body = await self._fetch_agents(self._agents_url)
-        except (TimeoutError, httpx.TimeoutException):
-            log.warning("listing agents failed: %s", self._timeout_cause())
-            return []
+            body = await self._fetch_agents(self._agents_url)
         except httpx.TransportError as exc:
             log.warning("listing agents failed: %s", _transport_cause(exc))
             return []
@@ -184,9 +175,6 @@ class WebhookHost:
             if body is None:
                 log.warning("listing agents failed: answer over %d bytes", MAX_AGENT_LIST_BYTES)
             return body
-
-    def _timeout_cause(self) -> str:
-        return f"timeout after {self._timeout_s:g}s"
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""

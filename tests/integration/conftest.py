@@ -6,7 +6,8 @@
 - ``backend_url``: the reference backend serving ``calendar`` under uvicorn on
   127.0.0.1, accepting the key ``api_key``.
 - ``make_client``: :class:`~calsched.backend.http.HttpBackend` clients for that URL
-  (``make_client(deadline_s=0.3, api_key=...)``), closed after the test.
+  (``make_client(api_key=..., max_response_bytes=...)``), closed after the test. They have
+  no deadline of their own (the scheduler owns it): bound a call in the test where needed.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ async def make_client(backend_url: str) -> AsyncIterator[Callable[..., HttpBacke
     made: list[HttpBackend] = []
 
     def _make(*, api_key: str = API_KEY, **kwargs: Any) -> HttpBackend:
-        kwargs.setdefault("deadline_s", 5.0)
         client = HttpBackend(backend_url, api_key, **kwargs)
         made.append(client)
         return client

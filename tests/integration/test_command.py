@@ -9,15 +9,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from calsched.errors import ConfigError, WakeFailedError
 from calsched.host import CommandHost
-from calsched.model import AgentReport, AgentStatus
+from calsched.journal import Journal
+from calsched.model import AgentReport, AgentStatus, Slot, SlotState, parse
 from calsched.ports import Host, WakeRequest
+from calsched.scheduler import Scheduler
+from calsched.settings import SchedulerSettings
+from calsched.testing import InMemoryBackend
 
 PY = sys.executable
 REQUEST = WakeRequest(
@@ -64,6 +68,22 @@ async def _wait_file(path: Path) -> str:
             return path.read_text()
         await asyncio.sleep(0.01)
     raise AssertionError(f"{path} was never written")
+
+
+@contextlib.asynccontextmanager
+async def _scheduler(
+    db_url: str, backend: InMemoryBackend, host: CommandHost, **settings: float
+) -> AsyncIterator[Scheduler]:
+    """A running scheduler on a fresh journal at ``db_url`` with ``settings``."""
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    journal = Journal.open(db_url, "host-a")
+    try:
+        async with Scheduler(
+            SchedulerSettings(identifier="host-a", **settings), journal, backend, host
+        ) as sched:
+            yield sched
+    finally:
+        journal.close()
 
 
 @pytest.fixture
@@ -138,20 +158,26 @@ async def test_death_by_signal_is_named() -> None:
         await CommandHost([PY, "-c", script]).wake_agent(REQUEST)
 
 
-async def test_timeout_kills_the_program_and_what_it_started(
-    tmp_path: Path, stray_pids: list[int]
+async def test_the_schedulers_wake_timeout_kills_the_program_and_what_it_started(
+    db_url: str, tmp_path: Path, stray_pids: list[int]
 ) -> None:
-    """After the timeout the program and its children are killed and reaped."""
+    """A wake still running at the scheduler's wake_timeout_s fails with the scheduler's
+    message, and the program and its children are killed and reaped: no orphan."""
     child_pid = tmp_path / "child"
     script = (
         "import sys, os, subprocess, time; "
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "open(sys.argv[1], 'w').write(str(os.getpid()) + ' ' + str(p.pid)); time.sleep(60)"
     )
-    host = CommandHost([PY, "-c", script, str(child_pid)], timeout_s=0.5)
-    with pytest.raises(WakeFailedError) as info:
-        await host.wake_agent(REQUEST)
-    assert info.value.cause == "timeout after 0.5s"
+    host = CommandHost([PY, "-c", script, str(child_pid)])
+    backend = InMemoryBackend([parse(Slot, {"id": "s1", "agent_id": "bob", "title": "t"})])
+    async with _scheduler(db_url, backend, host, wake_timeout_s=1.0) as sched:
+        await sched.heartbeat_once()
+        await sched.idle()
+        view = sched.journal.get("s1")
+    assert view is not None
+    assert view.state is SlotState.aborted
+    assert view.reason == "wake-agent failed: timeout after 1s"
     pid, grandchild = (int(p) for p in child_pid.read_text().split())
     stray_pids.append(grandchild)
     with pytest.raises(ProcessLookupError):  # reaped, not a zombie
@@ -162,7 +188,7 @@ async def test_timeout_kills_the_program_and_what_it_started(
 async def test_cancelled_wake_kills_and_reaps(tmp_path: Path, stray_pids: list[int]) -> None:
     """A wake cancelled from outside (the scheduler's deadline) leaves no process behind."""
     pid_file = tmp_path / "pid"
-    host = CommandHost([PY, "-c", SLEEP_WITH_PID, str(pid_file)], timeout_s=30)
+    host = CommandHost([PY, "-c", SLEEP_WITH_PID, str(pid_file)])
     task = asyncio.create_task(host.wake_agent(REQUEST))
     pid = int(await _wait_file(pid_file))
     stray_pids.append(pid)
@@ -183,7 +209,7 @@ async def test_background_child_holding_stderr_does_not_hang(
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
         "open(sys.argv[1], 'w').write(str(p.pid))"
     )
-    host = CommandHost([PY, "-c", script, str(child_pid)], timeout_s=10)
+    host = CommandHost([PY, "-c", script, str(child_pid)])
     loop = asyncio.get_running_loop()
     started = loop.time()
     await host.wake_agent(REQUEST)
@@ -262,9 +288,7 @@ def test_bad_templates_are_config_errors(template: list[str], problem: str) -> N
 
 
 def test_bad_settings_are_config_errors() -> None:
-    """A non-positive timeout or an empty list command is refused."""
-    with pytest.raises(ConfigError):
-        CommandHost([PY], timeout_s=0)
+    """An empty list command is refused."""
     with pytest.raises(ConfigError):
         CommandHost([PY], list_argv=[])
     with pytest.raises(ConfigError):
@@ -279,7 +303,9 @@ def test_format_specs_are_allowed() -> None:
 
 def test_repr_shows_the_template() -> None:
     """repr shows the argument template (it holds no secret: those go in env)."""
-    assert "{agent_id}" in repr(CommandHost(["notify", "{agent_id}"]))
+    shown = repr(CommandHost(["notify", "{agent_id}"]))
+    assert "{agent_id}" in shown
+    assert "timeout" not in shown  # the scheduler owns the deadline
 
 
 # -- list_agents ----------------------------------------------------------------------
@@ -308,18 +334,36 @@ async def test_list_agents_without_command_is_empty() -> None:
         ("import sys; sys.stderr.write('no host\\n'); sys.exit(2)", "exit 2: no host"),
         ("print('not json')", "not JSON"),
         ("print('[1]')", "not an object"),
-        ("import time; time.sleep(30)", "timeout after 0.5s"),
     ],
-    ids=["exit 2", "not json", "not an object", "timeout"],
+    ids=["exit 2", "not json", "not an object"],
 )
 async def test_failed_list_command_is_empty_and_logged(
     script: str, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failing list program gives [] and a log line, never an exception."""
-    host = CommandHost([PY, "-c", "pass"], list_argv=[PY, "-c", script], timeout_s=0.5)
+    host = CommandHost([PY, "-c", "pass"], list_argv=[PY, "-c", script])
     with caplog.at_level(logging.WARNING, logger="calsched.host"):
         assert await host.list_agents() == []
     assert logged in caplog.text
+
+
+async def test_a_hanging_list_command_is_cut_by_the_heartbeat(
+    db_url: str, tmp_path: Path, stray_pids: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat bounds the list program by wake_timeout_s: the beat goes out with no
+    agents, and the program is killed and reaped."""
+    pid_file = tmp_path / "pid"
+    host = CommandHost([PY, "-c", "pass"], list_argv=[PY, "-c", SLEEP_WITH_PID, str(pid_file)])
+    backend = InMemoryBackend()
+    with caplog.at_level(logging.WARNING, logger="calsched"):
+        async with _scheduler(db_url, backend, host, wake_timeout_s=1.0) as sched:
+            assert await sched.heartbeat_once() is True
+    assert [beat.agents for beat in backend.heartbeats] == [[]]
+    assert "listing agents failed: TimeoutError" in caplog.text
+    pid = int(pid_file.read_text())
+    stray_pids.append(pid)
+    with pytest.raises(ProcessLookupError):  # reaped, not a zombie
+        os.kill(pid, 0)
 
 
 async def test_list_command_that_cannot_start_is_empty(caplog: pytest.LogCaptureFixture) -> None:

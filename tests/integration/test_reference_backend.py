@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -244,13 +244,12 @@ async def test_fault_too_many_with_an_http_date(faults: FaultPlan, make_client: 
     assert 55 <= caught.value.retry_after <= 60
 
 
-async def test_fault_hang_times_out(faults: FaultPlan, make_client: Client) -> None:
-    """A backend that says nothing fails the call at the client's deadline."""
+async def test_fault_hang_says_nothing(faults: FaultPlan, make_client: Client) -> None:
+    """A planned hang gives no answer at all: only a deadline around the call ends it."""
     faults.hang(30)
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match="within"):
-        await make_client(deadline_s=0.3).heartbeat(beat())
-    assert time.monotonic() - started < 2
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await make_client().heartbeat(beat())
 
 
 async def test_fault_short_hang_still_answers(
@@ -259,27 +258,26 @@ async def test_fault_short_hang_still_answers(
     """A hang shorter than the deadline is only a slow answer."""
     calendar.add("s1", "bob", fire_at=past())
     faults.hang(0.05)
-    response, _ = await make_client(deadline_s=3).heartbeat(beat())
+    response, _ = await make_client().heartbeat(beat())
     assert [s.id for s in response.slots_to_fire] == ["s1"]
 
 
-async def test_fault_slow_drip_within_the_deadline(
+async def test_fault_slow_drip_is_read_whole(
     faults: FaultPlan, make_client: Client, calendar: LocalCalendar
 ) -> None:
-    """A dripped answer that ends before the deadline is read whole."""
+    """A dripped answer is only slow: the client reads it whole (the scheduler bounds it)."""
     calendar.add("s1", "bob", fire_at=past())
     faults.slow_drip(0.2, chunks=4)
-    response, _ = await make_client(deadline_s=3).heartbeat(beat())
+    response, _ = await make_client().heartbeat(beat())
     assert [s.id for s in response.slots_to_fire] == ["s1"]
 
 
-async def test_fault_slow_drip_past_the_deadline(faults: FaultPlan, make_client: Client) -> None:
-    """A body dripping for longer than the deadline fails, though every chunk is prompt."""
+async def test_fault_slow_drip_keeps_dripping(faults: FaultPlan, make_client: Client) -> None:
+    """A long drip is still going when a deadline around the call cuts it off."""
     faults.slow_drip(10, chunks=100)
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match="within"):
-        await make_client(deadline_s=0.3).heartbeat(beat())
-    assert time.monotonic() - started < 2
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await make_client().heartbeat(beat())
 
 
 async def test_fault_malformed_json_fails_the_beat(faults: FaultPlan, make_client: Client) -> None:
@@ -313,9 +311,10 @@ async def test_execute_then_timeout_retry_is_deduplicated(
     """The update applied before a timeout is not recorded again when retried with its key."""
     calendar.add("s1", "bob")
     faults.execute_then_timeout()
-    client = make_client(deadline_s=0.3)
-    with pytest.raises(BackendUnavailableError):
-        await client.send_status("s1", update(SlotState.completed), "evt-1")
+    client = make_client()
+    with pytest.raises(TimeoutError):  # the deadline the scheduler would put around it
+        async with asyncio.timeout(0.3):
+            await client.send_status("s1", update(SlotState.completed), "evt-1")
     assert calendar.get("s1").status is CalendarStatus.completed  # it did happen
     await client.send_status("s1", update(SlotState.completed), "evt-1")
     assert [r.idempotency_key for r in calendar.receipts()] == ["evt-1"]

@@ -38,7 +38,7 @@ async def boot(
         overrides.setdefault("outbox_backoff_initial_s", 0.01)
         overrides.setdefault("backend_deadline_s", 2.0)
         settings = SchedulerSettings(identifier="host-a", **overrides)  # type: ignore[arg-type]
-        backend = make_client(deadline_s=settings.backend_deadline_s)
+        backend = make_client()
         sched = Scheduler(settings, Journal.open(url, "host-a"), backend, host)
         made.append(sched)
         return sched
@@ -99,6 +99,45 @@ async def test_passing_faults_are_retried_and_deduplicated(
     row = sched.journal.outbox_rows(slot_id="s-1")[0]
     assert row.tries == 4
     assert row.delivered_at is not None
+
+
+async def test_a_dripping_beat_is_cut_at_the_schedulers_deadline(
+    boot: Boot, calendar: LocalCalendar, faults: FaultPlan, host: InMemoryHost
+) -> None:
+    """A beat whose answer drips for 10 s, every chunk prompt, fails at backend_deadline_s.
+
+    The scheduler's cut is the only one (the client has none): the failed beat reads
+    "no answer within 0.3s", and the next beat, without the fault, fires the slot.
+    """
+    calendar.add("s-1", "alice")
+    sched = boot(backend_deadline_s=0.3)
+    await sched.recover()
+    faults.slow_drip(10, chunks=100, route="heartbeat")
+    assert await sched.heartbeat_once() is False
+    assert sched.status().backend.last_error == "no answer within 0.3s"
+    assert host.accepted == []
+    assert await sched.heartbeat_once() is True
+    await sched.idle()
+    assert [w.slot_id for w in host.accepted] == ["s-1"]
+
+
+async def test_a_hanging_status_post_is_retried_with_the_schedulers_message(
+    boot: Boot, calendar: LocalCalendar, faults: FaultPlan
+) -> None:
+    """A status post with no answer is cut at backend_deadline_s and retried, its try
+    recorded as "no answer within 0.3s"."""
+    calendar.add("s-1", "alice")
+    sched = boot(backend_deadline_s=0.3, outbox_backoff_initial_s=30.0)
+    await sched.recover()
+    faults.hang(30, route="status")
+    await sched.heartbeat_once()
+    for _ in range(200):
+        await sched.idle()
+        row = sched.journal.outbox_rows(slot_id="s-1")[0]
+        if row.tries:
+            break
+        await asyncio.sleep(0.02)
+    assert (row.tries, row.last_error, row.delivered_at) == (1, "no answer within 0.3s", None)
 
 
 async def test_refused_key_shows_in_status_and_heartbeats_fail(
