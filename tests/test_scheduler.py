@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from calsched.errors import (
     BackendConflictError,
@@ -636,3 +637,65 @@ async def test_async_with_starts_and_stops(db: str, backend: InMemoryBackend) ->
         assert view.state is SlotState.in_progress
     finally:
         journal.close()
+
+
+async def test_wake_outcomes_ending_together_share_a_write_and_fail_alone(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Ten wakes released at once settle in one batch; the one whose slot was aborted
+    meanwhile is refused alone, and the other nine commit."""
+    agents = [f"agent-{i}" for i in range(10)]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"s{i}", agent) for i, agent in enumerate(agents)]
+    sched = make(max_concurrent_wakes=10)
+    await sched.recover()
+    await sched.heartbeat_once()
+    await asyncio.sleep(0.05)  # every wake started and hangs
+    await sched.abort("agent-0", "changed my mind")
+    settler = sched._gateway.settler
+    before = (settler.batches, settler.items)
+    host.heal()
+    await sched.idle()
+    assert (settler.batches - before[0], settler.items - before[1]) == (1, 10)
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {f"s{i}": SlotState.in_progress for i in range(1, 10)}
+    assert sched.journal.verify() == []
+
+
+async def test_a_failed_batch_write_gives_each_caller_its_own_outcome(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A database error on a batch of wake outcomes (or of outbox marks) rolls it back;
+    each is then written alone, and none is lost."""
+    failed: list[str] = []
+
+    def fail_batches(*args: Any) -> None:
+        statement, many = args[2], args[5]
+        kind = " ".join(statement.split()[:3]).upper()
+        if many and kind in ("INSERT INTO EVENTS", "UPDATE OUTBOX SET") and kind not in failed:
+            failed.append(kind)
+            raise OSError("the disk hiccuped")
+
+    agents = [f"agent-{i}" for i in range(6)]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"s{i}", agent) for i, agent in enumerate(agents)]
+    sched = make()
+    await sched.recover()
+    await sched.heartbeat_once()
+    await asyncio.sleep(0.05)  # every wake started and hangs
+    event.listen(sched.journal.engine, "before_cursor_execute", fail_batches)
+    try:
+        host.heal()
+        await sched.idle()
+    finally:
+        event.remove(sched.journal.engine, "before_cursor_execute", fail_batches)
+    assert sorted(failed) == ["INSERT INTO EVENTS", "UPDATE OUTBOX SET"]
+    assert {v.slot_id: v.state for v in sched.active()} == {
+        f"s{i}": SlotState.in_progress for i in range(6)
+    }
+    rows = sched.journal.outbox_rows()
+    assert len(rows) == 6
+    assert all(r.delivered_at is not None for r in rows)
+    assert sched.journal.verify() == []

@@ -56,6 +56,8 @@ class Dispatcher:
         self._pumping: set[str] = set()
         self._repump: set[str] = set()
         self._wakes: set[asyncio.Task[None]] = set()
+        # The counter child every wake increments, looked up once.
+        self._woken = metrics.wakes.labels("ok")
 
     @property
     def wakes(self) -> list[asyncio.Task[None]]:
@@ -131,7 +133,7 @@ class Dispatcher:
                 try:
                     async with asyncio.timeout(self.settings.wake_timeout_s):
                         await self.host.wake_agent(request)
-                    self.metrics.wakes.labels("ok").inc()
+                    self._woken.inc()
                 except WakeFailedError as exc:
                     failure = str(exc)
                 except TimeoutError:
@@ -161,12 +163,9 @@ class Dispatcher:
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
     ) -> None:
         try:
-            await self._gateway.commit(
-                [
-                    TransitionRequest(
-                        view.slot_id, trigger, actor, reason=reason, attempt=view.attempt
-                    )
-                ]
+            # Wakes ending together share one write: each outcome is still its own.
+            await self._gateway.settle(
+                TransitionRequest(view.slot_id, trigger, actor, reason=reason, attempt=view.attempt)
             )
         except (InvalidTransitionError, SlotNotFoundError) as exc:
             # The slot moved on while the wake was in flight (aborted, superseded).

@@ -32,6 +32,7 @@ from calsched.journal.store import OutboxCounts
 from calsched.metrics import Metrics
 from calsched.model import SlotState, SlotUpdate
 from calsched.ports import Backend
+from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
 from calsched.settings import SchedulerSettings
 
@@ -82,6 +83,8 @@ class OutboxWorker:
         #: Slot -> the last row whose delivery finished during the current outbox read.
         self._finished: dict[str, int] = {}
         self._counts_at = float("-inf")
+        #: Deliveries ending together have their rows marked in one write.
+        self.marker: Coalescer[int, None] = gateway.coalescer(self._mark_delivered)
 
     def kick(self) -> None:
         """Something new is due: pass now rather than at the next poll."""
@@ -237,7 +240,24 @@ class OutboxWorker:
             return
         self._failpoint("after_outbox_send")
         self._report_key(False)
-        await self._gateway.write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
+        await self.marker(row.id)
+
+    async def _mark_delivered(self, row_ids: list[int]) -> list[Outcome[None]]:
+        try:
+            await self._gateway.write(
+                lambda conn: self.journal.mark_delivered_many_in(conn, row_ids)
+            )
+        except Exception:
+            # The batch rolled back (a database error): each row in a write of its own,
+            # so each delivery gets its own outcome.
+            return await asyncio.gather(
+                *(
+                    self._gateway.write(partial(self.journal.mark_delivered_in, row_id=row_id))
+                    for row_id in row_ids
+                ),
+                return_exceptions=True,
+            )
+        return [None] * len(row_ids)
 
     async def _mark_dead(self, row: OutboxRow, error: str) -> None:
         await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
