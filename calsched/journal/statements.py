@@ -13,7 +13,8 @@ Every statement stays parameterised: values only ever travel as bound parameters
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -86,16 +87,40 @@ class Compiled:
     binders: tuple[Processor, ...]
     positional: bool
     returns: bool = False
+    #: The values in ``names`` order in one C call, and only the processors that exist:
+    #: binding runs once per row of every batch, so its Python is kept to the minimum.
+    _pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
+    _procs: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = self.names
+        pick: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+        if not names:
+            pick = _no_values
+        elif len(names) == 1:
+            one = names[0]
+            pick = lambda values: (values[one],)  # noqa: E731 (itemgetter of one is no tuple)
+        else:
+            pick = itemgetter(*names)
+        object.__setattr__(self, "_pick", pick)
+        procs = tuple((i, p) for i, p in enumerate(self.binders) if p is not None)
+        object.__setattr__(self, "_procs", procs)
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """The driver's parameters for ``values``, each through its type's processor."""
-        out = [
-            value if proc is None else proc(value)
-            for proc, value in zip(self.binders, (values[n] for n in self.names), strict=True)
-        ]
+        picked = self._pick(values)
+        if self._procs:
+            out = list(picked)
+            for i, proc in self._procs:
+                out[i] = proc(out[i])
+            picked = tuple(out)
         if self.positional:
-            return tuple(out)
-        return dict(zip(self.names, out, strict=True))
+            return picked
+        return dict(zip(self.names, picked, strict=True))
+
+
+def _no_values(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
 
 
 def _compile(
