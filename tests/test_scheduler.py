@@ -699,3 +699,36 @@ async def test_a_failed_batch_write_gives_each_caller_its_own_outcome(
     assert len(rows) == 6
     assert all(r.delivered_at is not None for r in rows)
     assert sched.journal.verify() == []
+
+
+async def test_a_burst_of_new_agents_is_received_and_dispatched_in_one_commit(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """New slots of idle agents are dispatched in their receive's commit: the oldest of
+    each (by id), never a second one, and not an agent's that already has a live slot."""
+    for agent in ("alice", "bob", "carol"):
+        host.hang_wakes(agent)
+    backend.to_fire = [slot("c1", "carol")]
+    sched = make()
+    await sched.recover()
+    await sched.heartbeat_once()  # carol now has a live (dispatching) slot
+    backend.to_fire = [
+        slot("a2", "alice"),
+        slot("a1", "alice"),
+        slot("b1", "bob"),
+        slot("c2", "carol"),
+    ]
+    before = sched._gateway.writer.groups
+    await sched.heartbeat_once()
+    assert sched._gateway.writer.groups - before == 1
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {
+        "a1": SlotState.dispatching,
+        "a2": SlotState.pending,
+        "b1": SlotState.dispatching,
+        "c1": SlotState.dispatching,
+        "c2": SlotState.pending,
+    }
+    host.heal()
+    await sched.idle()
+    assert sched.journal.verify() == []

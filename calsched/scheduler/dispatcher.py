@@ -97,14 +97,59 @@ class Dispatcher:
             done = await self._gateway.commit_tolerant(requests) if requests else set()
         finally:
             self._pumping.difference_update(mine)
-        for request in requests:
-            view = self._live.get(request.slot_id)
-            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
-                self.spawn_wake(view, recovering=False)
+        self._wake_dispatched(requests, done)
         again = [a for a in mine if a in self._repump]
         if again:
             self._repump.difference_update(again)
             await self.pump_many(again, actor=actor)
+
+    async def intake(self, requests: Sequence[TransitionRequest], agents: Sequence[str]) -> None:
+        """Commit a heartbeat's intake ``requests``, then pump ``agents``.
+
+        An agent with no live slot whose only requests here are receives is dispatched
+        in the same commit: its oldest new slot (they all share the batch's receive time,
+        so the live view orders them by id). A burst of new agents thus costs one commit,
+        not a receive commit and then a dispatch commit. The journal still decides each
+        dispatch after its receive, and refuses a second current slot as ever.
+        """
+        first: dict[str, str] = {}
+        barred: set[str] = set(self._pumping)
+        for request in requests:
+            if request.trigger is Trigger.receive and request.slot is not None:
+                agent_id = request.slot.agent_id
+                if agent_id not in first or request.slot_id < first[agent_id]:
+                    first[agent_id] = request.slot_id
+            else:
+                view = self._live.get(request.slot_id)
+                if view is None:  # whose agent, unknown here: no dispatch in this commit
+                    first.clear()
+                    break
+                barred.add(view.agent_id)
+        starting = (
+            []
+            if self.stopped
+            else [a for a in first if a not in barred and not self._live.of_agent(a)]
+        )
+        starts = [
+            TransitionRequest(first[agent_id], Trigger.dispatch, Actor.scheduler)
+            for agent_id in starting
+        ]
+        self._pumping.update(starting)
+        try:
+            done = await self._gateway.commit_tolerant([*requests, *starts])
+        finally:
+            self._pumping.difference_update(starting)
+        self._wake_dispatched(starts, done)
+        again = [a for a in starting if a in self._repump]
+        self._repump.difference_update(again)
+        await self.pump_many([*agents, *again])
+
+    def _wake_dispatched(self, requests: Sequence[TransitionRequest], done: set[str]) -> None:
+        # Journal first: only a dispatch that committed (the view says so) is woken.
+        for request in requests:
+            view = self._live.get(request.slot_id)
+            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
+                self.spawn_wake(view, recovering=False)
 
     def spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
         """Wake the agent of ``view`` (a dispatching slot) in a task of its own."""
