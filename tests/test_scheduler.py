@@ -33,7 +33,7 @@ from calsched.model import (
     utcnow,
 )
 from calsched.ports import WakeRequest
-from calsched.scheduler import Scheduler
+from calsched.scheduler import Scheduler, dispatcher
 from calsched.settings import QueuePolicy, SchedulerSettings
 from calsched.testing import InMemoryBackend, InMemoryHost
 
@@ -728,6 +728,31 @@ async def test_a_burst_of_new_agents_is_received_and_dispatched_in_one_commit(
         "b1": SlotState.dispatching,
         "c1": SlotState.dispatching,
         "c2": SlotState.pending,
+    }
+    host.heal()
+    await sched.idle()
+    assert sched.journal.verify() == []
+
+
+async def test_a_large_intake_is_committed_in_chunks_in_order(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INTAKE_CHUNK requests an intake takes several commits, each dispatching its
+    own new agents; an agent's later slot in a later chunk waits its turn."""
+    monkeypatch.setattr(dispatcher, "INTAKE_CHUNK", 2)
+    agents = ["a", "b", "c", "d", "e"]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"{a}1", a) for a in agents] + [slot("a2", "a")]
+    sched = make()
+    await sched.recover()
+    before = sched._gateway.writer.groups
+    await sched.heartbeat_once()
+    assert sched._gateway.writer.groups - before == 3  # 6 requests, 2 a commit
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {
+        **{f"{a}1": SlotState.dispatching for a in agents},
+        "a2": SlotState.pending,
     }
     host.heal()
     await sched.idle()

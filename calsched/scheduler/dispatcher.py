@@ -23,9 +23,12 @@ from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.settings import SchedulerSettings
 
-__all__ = ["Dispatcher"]
+__all__ = ["INTAKE_CHUNK", "Dispatcher"]
 
 log = logging.getLogger("calsched.scheduler")
+
+#: Requests one intake commit takes at most (see :meth:`Dispatcher.intake`).
+INTAKE_CHUNK = 2_000
 
 
 class Dispatcher:
@@ -107,11 +110,21 @@ class Dispatcher:
         """Commit a heartbeat's intake ``requests``, then pump ``agents``.
 
         An agent with no live slot whose only requests here are receives is dispatched
-        in the same commit: its oldest new slot (they all share the batch's receive time,
-        so the live view orders them by id). A burst of new agents thus costs one commit,
-        not a receive commit and then a dispatch commit. The journal still decides each
-        dispatch after its receive, and refuses a second current slot as ever.
+        in the same commit: its oldest new slot (they all share the commit's receive
+        time, so the live view orders them by id). A burst of new agents thus costs one
+        commit, not a receive commit and then a dispatch commit. The journal still
+        decides each dispatch after its receive, and refuses a second current slot.
+
+        A large intake goes in commits of :data:`INTAKE_CHUNK` requests, in order: one
+        transaction of 100,000 slots would hold the database's write lock for seconds,
+        and its first wakes can start while the next chunk is written.
         """
+        again: list[str] = []
+        for start in range(0, len(requests), INTAKE_CHUNK):
+            again += await self._intake_chunk(requests[start : start + INTAKE_CHUNK])
+        await self.pump_many([*agents, *again])
+
+    async def _intake_chunk(self, requests: Sequence[TransitionRequest]) -> list[str]:
         first: dict[str, str] = {}
         barred: set[str] = set(self._pumping)
         for request in requests:
@@ -142,7 +155,7 @@ class Dispatcher:
         self._wake_dispatched(starts, done)
         again = [a for a in starting if a in self._repump]
         self._repump.difference_update(again)
-        await self.pump_many([*agents, *again])
+        return again
 
     def _wake_dispatched(self, requests: Sequence[TransitionRequest], done: set[str]) -> None:
         # Journal first: only a dispatch that committed (the view says so) is woken.
