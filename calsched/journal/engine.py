@@ -9,7 +9,7 @@ locked" when another process writes, where an immediate one waits for the busy t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "Synchronous",
     "describe_error",
     "driver_execute",
+    "driver_executemany",
     "make_engine",
     "reading",
     "writing",
@@ -113,16 +114,29 @@ def driver_execute(conn: Connection, sql: str, params: Any) -> Any:
     OperationalError, ...) with the parameters hidden, and a lost connection is
     invalidated rather than reused.
     """
+    return _driver_run(conn, sql, params, many=False)
+
+
+def driver_executemany(conn: Connection, sql: str, rows: Sequence[Any]) -> Any:
+    """:func:`driver_execute` for many parameter sets of one statement: one
+    ``executemany`` (listeners see it once, with ``executemany=True``)."""
+    return _driver_run(conn, sql, rows, many=True)
+
+
+def _driver_run(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
     cursor = conn.connection.cursor()
     dispatch = conn.dispatch
     try:
         if dispatch.before_cursor_execute:
             for fn in dispatch.before_cursor_execute:
-                fn(conn, cursor, sql, params, None, False)
-        cursor.execute(sql, params)
+                fn(conn, cursor, sql, params, None, many)
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
         if dispatch.after_cursor_execute:
             for fn in dispatch.after_cursor_execute:
-                fn(conn, cursor, sql, params, None, False)
+                fn(conn, cursor, sql, params, None, many)
     except conn.dialect.loaded_dbapi.Error as exc:
         cursor.close()
         raise _wrapped(conn, sql, params, exc) from exc

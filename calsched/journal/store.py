@@ -174,6 +174,14 @@ class Journal(OutboxLog):
         (the group writer's): see :meth:`Transitions.apply_in`."""
         return self._transitions.apply_in(conn, requests)
 
+    def apply_each_in(
+        self, conn: Connection, requests: Sequence[TransitionRequest]
+    ) -> tuple[Applied, list[Exception | None]]:
+        """Fire each request on its own terms inside ``conn``'s write transaction: a
+        refused one is skipped, its refusal in its place in the list; see
+        :meth:`Transitions.apply_each_in`."""
+        return self._transitions.apply_each_in(conn, requests)
+
     # -- reads --------------------------------------------------------------------------
 
     def _select_views(self, conn: Connection, *where: Any) -> list[SlotView]:

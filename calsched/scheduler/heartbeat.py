@@ -205,5 +205,5 @@ class Heartbeat:
         )
         if not requests:
             return
-        await self._gateway.commit_tolerant(requests)
-        await self._dispatch.pump_many(sorted({s.agent_id for s in fresh}))
+        # Received, and the new slots of idle agents dispatched, in one commit.
+        await self._dispatch.intake(requests, sorted({s.agent_id for s in fresh}))

@@ -35,6 +35,7 @@ from calsched.metrics import Metrics
 from calsched.model import SlotState, SlotUpdate
 from calsched.ports import Backend
 from calsched.scheduler.backoff import equal_jitter, exponential
+from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
 from calsched.settings import SchedulerSettings
 
@@ -88,6 +89,8 @@ class OutboxWorker:
         #: While the journal fails: how many marks failed in a row, and until when to wait.
         self._journal_failures = 0
         self._held_until: datetime | None = None
+        #: Deliveries ending together have their rows marked in one write.
+        self.marker: Coalescer[int, None] = gateway.coalescer(self._mark_delivered)
 
     def kick(self) -> None:
         """Something new is due: pass now rather than at the next poll."""
@@ -284,7 +287,24 @@ class OutboxWorker:
             return
         self._failpoint("after_outbox_send")
         self._report_key(False)
-        await self._gateway.write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
+        await self.marker(row.id)
+
+    async def _mark_delivered(self, row_ids: list[int]) -> list[Outcome[None]]:
+        try:
+            await self._gateway.write(
+                lambda conn: self.journal.mark_delivered_many_in(conn, row_ids)
+            )
+        except Exception:
+            # The batch rolled back (a database error): each row in a write of its own,
+            # so each delivery gets its own outcome.
+            return await asyncio.gather(
+                *(
+                    self._gateway.write(partial(self.journal.mark_delivered_in, row_id=row_id))
+                    for row_id in row_ids
+                ),
+                return_exceptions=True,
+            )
+        return [None] * len(row_ids)
 
     async def _mark_dead(self, row: OutboxRow, error: str) -> None:
         await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
