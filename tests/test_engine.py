@@ -154,7 +154,7 @@ def test_locked_database_waits_busy_timeout_then_journal_error(sqlite_url: str) 
                 journal.apply(_receive("s1"))
             waited = time.monotonic() - started
             assert journal.get("s1") is None  # WAL: readers do not wait for the writer
-        assert str(info.value) == "journal write failed: database is locked"
+        assert str(info.value) == "journal unavailable: database is locked"
         assert waited >= 0.15
         assert journal.apply(_receive("s1")).seq == 1  # usable once the lock is gone
     finally:

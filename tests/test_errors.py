@@ -19,6 +19,7 @@ from calsched.errors import (
     InvalidInputError,
     InvalidTransitionError,
     JournalError,
+    JournalUnavailableError,
     NoActiveSlotError,
     SchemaVersionError,
     SlotNotFoundError,
@@ -38,6 +39,7 @@ TREE: list[tuple[type[Exception], type[Exception]]] = [
     (WakeFailedError, RuntimeError),
     (JournalError, RuntimeError),
     (SchemaVersionError, JournalError),
+    (JournalUnavailableError, JournalError),
     (BackendError, RuntimeError),
     (BackendRefusedError, BackendError),
     (BackendRejectedError, BackendError),
@@ -146,3 +148,10 @@ def test_wake_failed_sentence_is_the_seed_reason() -> None:
     exc = WakeFailedError("bob", "HTTP 503")
     assert (exc.agent_id, exc.cause) == ("bob", "HTTP 503")
     assert str(exc) == "wake-agent failed: HTTP 503"
+
+
+def test_journal_unavailable_names_its_cause_not_the_driver_sentence() -> None:
+    """The message is the short cause an operator acts on; the driver's sentence is kept."""
+    exc = JournalUnavailableError("journal", "disk full", "database or disk is full")
+    assert str(exc) == "journal unavailable: disk full"
+    assert (exc.what, exc.cause, exc.detail) == ("journal", "disk full", "database or disk is full")
