@@ -207,7 +207,7 @@ def test_database_wal_and_shm_are_private_whatever_the_umask(tmp_path: Path) -> 
 def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
     """Only a file calsched creates is made 0600; an operator's choice is not undone."""
     db = tmp_path / "j.db"
-    sqlite3.connect(db).close()
+    Journal.open(f"sqlite:///{db}", "host-a", upgrade=True).close()
     db.chmod(0o640)
     Journal.open(f"sqlite:///{db}", "host-a", upgrade=True).close()
     assert _mode(db) == 0o640
