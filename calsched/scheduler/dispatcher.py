@@ -14,7 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from calsched.errors import InvalidTransitionError, SlotNotFoundError, WakeFailedError
+from calsched.errors import (
+    InvalidTransitionError,
+    JournalError,
+    SlotNotFoundError,
+    WakeFailedError,
+)
 from calsched.journal import TransitionRequest
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger
@@ -217,3 +222,12 @@ class Dispatcher:
         except (InvalidTransitionError, SlotNotFoundError) as exc:
             # The slot moved on while the wake was in flight (aborted, superseded).
             log.info("slot %s: %s not recorded: %s", view.slot_id, trigger, exc)
+        except JournalError as exc:
+            # The wake happened; the journal still says dispatching, so the next start
+            # wakes it again (the documented extra wake) rather than losing it.
+            log.warning(
+                "slot %s: %s not recorded (%s); it stays dispatching until the next start",
+                view.slot_id,
+                trigger,
+                exc,
+            )

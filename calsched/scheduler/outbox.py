@@ -28,6 +28,7 @@ from calsched.errors import (
     BackendRejectedError,
     BackendUnavailableError,
     JournalError,
+    JournalUnavailableError,
 )
 from calsched.journal import Journal, OutboxRow
 from calsched.journal.store import OutboxCounts
@@ -229,6 +230,12 @@ class OutboxWorker:
             )
         )
         self._held_until = self._clock() + timedelta(seconds=wait)
+        said = self._gateway.writer.availability.cause is not None
+        if isinstance(exc, JournalUnavailableError) and said:
+            # The journal writer said what is wrong once for the whole episode; here the
+            # backoff alone is news.
+            log.debug("%s; outbox deliveries held, next try in %.1fs", exc, wait)
+            return
         what = (
             f"journal unavailable: {exc}"
             if isinstance(exc, JournalError)
