@@ -203,6 +203,7 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False) -> int:
 
 async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> int:
     from calsched.control import create_control_app, serve_control
+    from calsched.failpoints import Failpoint, failpoint_from_env
     from calsched.journal import Journal
     from calsched.metrics import Metrics
     from calsched.scheduler import Scheduler
@@ -210,6 +211,9 @@ async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> 
 
     async with AsyncExitStack() as stack:
         # Everything that can refuse the configuration comes before the database is touched.
+        failpoint = failpoint_from_env()  # a test seam; a no-op unless CALSCHED_FAILPOINT
+        if isinstance(failpoint, Failpoint):
+            log.warning("failpoints armed: this process will SIGKILL itself", **failpoint.armed)
         host = build_host(cfg)
         closer = getattr(host, "aclose", None)
         if closer is not None:
@@ -230,7 +234,9 @@ async def _serve(cfg: Config, sock: socket.socket, *, exit_on_restart: bool) -> 
             backend = embedded_backend(cfg, journal.engine)
             stack.push_async_callback(backend.aclose)
         metrics = Metrics()
-        scheduler = Scheduler(cfg.scheduler_settings(), journal, backend, host, metrics=metrics)
+        scheduler = Scheduler(
+            cfg.scheduler_settings(), journal, backend, host, metrics=metrics, failpoint=failpoint
+        )
         app = create_control_app(
             scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
         )
