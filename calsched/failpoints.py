@@ -9,8 +9,8 @@ on that hit the process sends itself SIGKILL, so nothing after the seam runs, no
 
 This is a test seam, not a feature: only the daemon's wiring reads the variable, and
 when it is unset :func:`failpoint_from_env` returns :func:`unarmed`, a no-op like the
-scheduler's default, and the seams cost what they always did (one empty call). When it is set the daemon logs
-a warning, so an armed production process is never silent about it. The configuration
+scheduler's default, and the seams cost what they always did (one empty call). When it
+is set the daemon logs a warning, so an armed production process is never silent. The configuration
 (``calsched.config``) does not read it; its fields do not include it.
 """
 

@@ -51,6 +51,8 @@ def test_kills_on_the_armed_hit_only() -> None:
 
 
 def test_the_real_kill_is_sigkill() -> None:
-    code = "from calsched.failpoints import Failpoint; Failpoint({'after_commit': 1})('after_commit')"
+    code = (
+        "from calsched.failpoints import Failpoint; Failpoint({'after_commit': 1})('after_commit')"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=os.environ, timeout=60)
     assert done.returncode == -signal.SIGKILL
