@@ -324,15 +324,10 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
 async def _take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
     """Acquire the identifier's lease; with ``standby``, wait for it (``None`` if a
     signal came first). Without, a live holder is a :class:`LeaseHeldError`."""
-    from calsched.journal.lease import Lease, bound_idle_transactions, death_lock_for
+    from calsched.journal.lease import Lease, bound_idle_transactions
 
     bound_idle_transactions(journal.engine, cfg.lease_ttl_s)
-    lease = Lease(
-        journal.engine,
-        cfg.identifier,
-        ttl_s=cfg.lease_ttl_s,
-        lock=death_lock_for(journal.engine, cfg.identifier),
-    )
+    lease = Lease.guarded(journal.engine, cfg.identifier, ttl_s=cfg.lease_ttl_s)
     try:
         await asyncio.to_thread(lease.acquire)
     except LeaseHeldError as exc:

@@ -190,14 +190,9 @@ def holding_lease(cfg: Config, journal: Journal) -> Iterator[None]:
     Raises :class:`~calsched.errors.LeaseHeldError` while a live daemon holds it.
     """
     from calsched.errors import LeaseHeldError
-    from calsched.journal.lease import Lease, death_lock_for
+    from calsched.journal.lease import Lease
 
-    lease = Lease(
-        journal.engine,
-        cfg.identifier,
-        ttl_s=cfg.lease_ttl_s,
-        lock=death_lock_for(journal.engine, cfg.identifier),
-    )
+    lease = Lease.guarded(journal.engine, cfg.identifier, ttl_s=cfg.lease_ttl_s)
     try:
         lease.acquire()
     except LeaseHeldError as exc:

@@ -388,6 +388,12 @@ class Lease:
         #: The row as this process last wrote it (acquisition or renewal).
         self.held: Holder | None = None
 
+    @classmethod
+    def guarded(cls, engine: Engine, identifier: str, *, ttl_s: float) -> Lease:
+        """The lease a process takes on ``identifier``, with the death lock its database
+        gives (:func:`death_lock_for`): what the daemon and offline writers hold."""
+        return cls(engine, identifier, ttl_s=ttl_s, lock=death_lock_for(engine, identifier))
+
     @property
     def locked(self) -> bool:
         """Whether this process holds the death lock."""

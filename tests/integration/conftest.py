@@ -5,6 +5,8 @@
 - ``faults``: the :class:`~calsched.testing.FaultPlan` the reference backend obeys.
 - ``backend_url``: the reference backend serving ``calendar`` under uvicorn on
   127.0.0.1, accepting the key ``api_key``.
+- ``wake_host``: a webhook agent host on a free loopback port recording every wake
+  (:class:`WakeRecorder`), and its wake URL.
 - ``make_client``: :class:`~calsched.backend.http.HttpBackend` clients for that URL
   (``make_client(api_key=..., max_response_bytes=...)``), closed after the test. They have
   no deadline of their own (the scheduler owns it): bound a call in the test where needed.
@@ -13,9 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from calsched.backend.calendar import LocalCalendar
 from calsched.backend.http import HttpBackend
@@ -65,3 +72,23 @@ async def make_client(backend_url: str) -> AsyncIterator[Callable[..., HttpBacke
     yield _make
     for client in made:
         await client.aclose()
+
+
+@dataclass
+class WakeRecorder:
+    """The agent host: records every wake it is sent, and accepts it."""
+
+    wakes: list[dict[str, Any]] = field(default_factory=list)
+
+    async def wake(self, request: Request) -> Response:
+        self.wakes.append(await request.json())
+        return JSONResponse({"accepted": True}, status_code=202)
+
+
+@pytest.fixture
+async def wake_host() -> AsyncIterator[tuple[WakeRecorder, str]]:
+    """The webhook host under uvicorn on a free loopback port, and its wake URL."""
+    recorder = WakeRecorder()
+    app = Starlette(routes=[Route("/wake", recorder.wake, methods=["POST"])])
+    async with serve_backend(app) as url:
+        yield recorder, f"{url}/wake"

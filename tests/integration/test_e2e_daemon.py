@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,13 +27,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from calsched.testing import serve_backend
 from calsched.tokens import admin_token
+from tests.integration.conftest import WakeRecorder
 
 SLOT = "e2e-1"
 AGENT = "bob"
@@ -142,24 +138,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         made.kill_all()
 
 
-@dataclass
-class WebhookHost:
-    """The agent host: records every wake it is sent."""
-
-    wakes: list[dict[str, Any]] = field(default_factory=list)
-
-    async def wake(self, request: Request) -> Response:
-        self.wakes.append(await request.json())
-        return JSONResponse({"accepted": True}, status_code=202)
-
-
 @pytest.fixture
-async def host() -> AsyncIterator[tuple[WebhookHost, str]]:
-    """The webhook host under uvicorn on a free loopback port, and its wake URL."""
-    recorder = WebhookHost()
-    app = Starlette(routes=[Route("/wake", recorder.wake, methods=["POST"])])
-    async with serve_backend(app) as url:
-        yield recorder, f"{url}/wake"
+async def host(wake_host: tuple[WakeRecorder, str]) -> tuple[WakeRecorder, str]:
+    """The shared webhook host (``wake_host`` in conftest), under this module's name."""
+    return wake_host
 
 
 def _write_configs(stack: Stack, wake_url: str) -> None:
@@ -207,7 +189,7 @@ async def _answers(client: httpx.AsyncClient, path: str, **headers: str) -> bool
 
 
 async def test_daemon_backend_and_cli_tools_end_to_end(
-    stack: Stack, host: tuple[WebhookHost, str]
+    stack: Stack, host: tuple[WakeRecorder, str]
 ) -> None:
     """A slot goes through wake, pause, resume, SIGKILL + restart and complete; the
     backend hears in_progress, paused, in_progress, completed, each exactly once."""

@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,14 +27,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from calsched.journal.schema import calendar_receipts, events, leases
-from calsched.testing import serve_backend
 from calsched.tokens import admin_token
+from tests.integration.conftest import WakeRecorder
 
 AGENT = "bob"
 STEP_TIMEOUT_S = 30.0
@@ -49,24 +45,10 @@ def _free_port() -> int:
         return port
 
 
-@dataclass
-class Recorder:
-    """The agent host: records every wake."""
-
-    wakes: list[dict[str, Any]] = field(default_factory=list)
-
-    async def wake(self, request: Request) -> Response:
-        self.wakes.append(await request.json())
-        return JSONResponse({"accepted": True}, status_code=202)
-
-
 @pytest.fixture
-async def host() -> AsyncIterator[tuple[Recorder, str]]:
-    """The webhook host on a free loopback port, and its wake URL."""
-    recorder = Recorder()
-    app = Starlette(routes=[Route("/wake", recorder.wake, methods=["POST"])])
-    async with serve_backend(app) as url:
-        yield recorder, f"{url}/wake"
+async def host(wake_host: tuple[WakeRecorder, str]) -> tuple[WakeRecorder, str]:
+    """The shared webhook host (``wake_host`` in conftest), under this module's name."""
+    return wake_host
 
 
 @dataclass
@@ -170,7 +152,7 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, db_url: str, host: tuple[Recorder, str]) -> Iterator[Site]:
+def site(tmp_path: Path, db_url: str, host: tuple[WakeRecorder, str]) -> Iterator[Site]:
     """A temp HOME, no CALSCHED_* of the runner's, the database; processes killed after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSCHED_")}
     home = tmp_path / "home"
@@ -275,7 +257,7 @@ async def test_second_daemon_refused_other_identifier_runs_beside(site: Site) ->
 
 
 async def test_sigkill_holder_standby_takes_over_at_once(
-    site: Site, host: tuple[Recorder, str]
+    site: Site, host: tuple[WakeRecorder, str]
 ) -> None:
     """The holder is SIGKILLed with a slot in progress: the standby takes over without
     waiting for the (hour-long) lease, restores the slot, and the backend hears each
@@ -357,7 +339,7 @@ async def test_graceful_stop_releases_the_lease(site: Site) -> None:
 
 
 async def test_sigstop_holder_taken_over_then_steps_down(
-    site: Site, host: tuple[Recorder, str]
+    site: Site, host: tuple[WakeRecorder, str]
 ) -> None:
     """The holder is stopped past its lease: the standby takes over (by expiry). The old
     holder, continued, steps down with status 1 (its keeper sees the renewal overdue);
