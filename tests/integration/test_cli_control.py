@@ -75,7 +75,7 @@ class RecordingTools:
         return self._get(agent_id, None)
 
     async def complete(
-        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Complete it."""
         self.calls.append(("complete", agent_id, summary, slot_id))
@@ -83,7 +83,7 @@ class RecordingTools:
         return self._move(agent_id, SlotState.completed, summary=summary)
 
     async def abort(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Abort it."""
         self.calls.append(("abort", agent_id, reason, slot_id))
@@ -91,14 +91,14 @@ class RecordingTools:
         return self._move(agent_id, SlotState.aborted, reason=reason)
 
     async def pause(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Pause it."""
         self.calls.append(("pause", agent_id, reason, slot_id))
         self._get(agent_id, slot_id)
         return self._move(agent_id, SlotState.paused, reason=reason)
 
-    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+    async def resume(self, agent_id: str, *, slot_id: str | None = None, **kw: Any) -> SlotView:
         """Resume it; only a paused slot can be resumed."""
         self.calls.append(("resume", agent_id, slot_id))
         found = self._get(agent_id, slot_id)
