@@ -6,7 +6,7 @@ with the agent's token in its environment, lists the tools and takes a slot from
 in_progress to paused to in_progress to completed, each change seen in
 ``calsched history``. A server given another agent's token answers with a tool error. A
 keyed ``complete`` repeated over the control API, also after a daemon restart, answers as
-the first did and writes one event.
+the first did and writes one event. ``--http`` serves the same tools on loopback.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from mcp.client.stdio import StdioServerParameters
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from calsched.tokens import agent_token
 from tests.integration.test_e2e_daemon import (  # noqa: F401 - fixtures
     Stack,
     WebhookHost,
     _answers,
+    _free_port,
     _until,
     _write_configs,
     host,
@@ -187,3 +189,28 @@ async def test_mcp_client_drives_a_slot_and_keys_make_retries_safe(
         assert (after.status_code, after.json()) == (200, first.json())
 
     assert _events(stack, "mcp-2").count(("complete", "agent")) == 1
+
+
+async def test_mcp_over_streamable_http_on_loopback(stack: Stack) -> None:  # noqa: F811
+    """--http serves the same tools at http://127.0.0.1:PORT/mcp; with no daemon behind
+    it a call is a tool error, not a crash."""
+    port = _free_port()
+    stack.env["CALSCHED_TOKEN"] = agent_token(b"x" * 32, AGENT)
+    stack.env["CALSCHED_CONTROL__PORT"] = str(_free_port())  # nothing listens there
+    stack.start("mcp", "mcp", "--agent", AGENT, "--http", "--port", str(port))
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def up() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as http:
+                await http.get(url)
+        except httpx.TransportError:
+            return False
+        return True
+
+    await _until("the MCP HTTP server", up, stack)
+    async with Client(url, read_timeout_seconds=30) as client:
+        assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+        result = await client.call_tool("calendar_slot", {})
+    assert result.is_error
+    assert "did not answer" in str(result.content[0])
