@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -804,3 +805,64 @@ async def test_agent_status_shows_only_the_agents_own_slots(
     assert body["history"] == []
     other = await client.get("/v1/agents/bob/status", headers=auth(ALICE))
     assert other.status_code == 403
+
+
+async def test_concurrent_repeats_of_a_key_run_the_tool_once(
+    client: httpx.AsyncClient, tools: FakeTools
+) -> None:
+    """Two requests with one key at once: the second waits for the first, then repeats it."""
+    headers = {**auth(ALICE), "Idempotency-Key": "k-c"}
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/agents/alice/slot/complete", json={"summary": "s"}, headers=headers)
+            for _ in range(2)
+        )
+    )
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert [c[0] for c in tools.calls].count("complete") == 1
+
+
+async def test_real_scheduler_journals_operator_and_keeps_keys(db_url: str) -> None:
+    """Over a real scheduler (both databases): the admin token's pause is journaled as
+    operator; a keyed resume repeated answers alike and adds one event."""
+    from sqlalchemy import select
+
+    from calsched.journal import Journal
+    from calsched.journal.schema import events
+    from calsched.scheduler import Scheduler
+    from calsched.settings import SchedulerSettings
+    from calsched.testing import InMemoryBackend, InMemoryHost
+
+    journal = Journal.open(db_url, "host-a", upgrade=True)
+    backend = InMemoryBackend()
+    backend.to_fire = [parse_slot("s-1", "alice")]
+    sched = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
+    try:
+        await sched.recover()
+        await sched.heartbeat_once()
+        await sched.idle()
+        app = create_control_app(sched, secret=SECRET)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            paused = await http.post("/v1/agents/alice/slot/pause", json={}, headers=auth(ADMIN))
+            assert paused.status_code == 200, paused.text
+            headers = {**auth(ALICE), "Idempotency-Key": "r-1"}
+            first = await http.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+            again = await http.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json()
+        with journal.engine.connect() as conn:
+            rows = conn.execute(select(events.c.kind, events.c.actor).order_by(events.c.seq)).all()
+        assert [tuple(r) for r in rows][-2:] == [("pause", "operator"), ("resume", "agent")]
+        assert [kind for kind, _ in rows].count("resume") == 1
+    finally:
+        await sched.stop()
+        journal.close()
+
+
+def parse_slot(slot_id: str, agent_id: str) -> Slot:
+    """A slot as a backend lists it."""
+    from calsched.model import parse
+
+    return parse(Slot, {"id": slot_id, "agent_id": agent_id, "title": "t"})
