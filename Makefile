@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: all venv lint typecheck test pytest demo bench clean
+.PHONY: all venv lint typecheck test pytest demo bench crash-test clean
 
 all: test
 
@@ -44,6 +44,16 @@ demo: $(STAMP)
 # `make bench ARGS=--full` for the sizes issue 7 names, ARGS="--only a,e" for some suites.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# The kill -9 harness (issue 10; docs/reliability.md "Kill -9"): COUNT kill points and
+# REPLAYS kills during replay, over RIGS daemons side by side, with one summary line.
+# `make test` runs a CI-sized run of it through tests/reliability/test_crash.py.
+SEED ?= 1
+COUNT ?= 200
+REPLAYS ?= 100
+RIGS ?= 4
+crash-test: $(STAMP)
+	$(BIN)/python -m tests.reliability.driver --seed $(SEED) --count $(COUNT) --replays $(REPLAYS) --rigs $(RIGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

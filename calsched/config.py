@@ -82,7 +82,8 @@ def default_config_path() -> Path:
 
 def _default_database_url() -> str:
     data = default_data_dir()
-    data.mkdir(parents=True, exist_ok=True)
+    # 0700: the journal holds prompts, summaries and reasons (its file is made 0600).
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
     return f"sqlite:///{data / 'calsched.db'}"
 
 

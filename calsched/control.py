@@ -27,8 +27,10 @@ current slot and its recent history (:class:`~calsched.status.AgentStatus`).
 
 Errors are ``{"error": code, "message": text}``. Errors of the tools map to
 ``no_active_slot`` 404, ``invalid_transition`` 409, ``stale_slot`` 409 and ``invalid``
-422; anything else is 500 ``internal`` with a fixed message (the details go to the log,
-never a traceback to the client). Tokens are never logged.
+422; a journal that cannot be written for a passing cause (a full disk, an I/O error) is
+503 ``journal_unavailable`` naming the cause, with ``Retry-After``; anything else is
+500 ``internal`` with a fixed message (the details go to the log, never a traceback to
+the client). Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from calsched.errors import (
     ConfigError,
     InvalidInputError,
     InvalidTransitionError,
+    JournalUnavailableError,
     LeaseLostError,
     NoActiveSlotError,
     StaleSlotError,
@@ -140,6 +143,12 @@ def _mapped(exc: CalschedError) -> _ApiError | None:
     if isinstance(exc, LeaseLostError):
         # Nothing was committed: the daemon is stepping down; ask the new holder.
         return _ApiError(503, "lease_lost", str(exc))
+    if isinstance(exc, JournalUnavailableError):
+        # Nothing was committed; the client may retry. The journal writer logs the cause
+        # once per episode, so this answer is not logged again per call.
+        return _ApiError(
+            503, "journal_unavailable", f"{exc}; try again later", {"Retry-After": "5"}
+        )
     return None
 
 
@@ -168,7 +177,7 @@ def _endpoint(handler: _Endpoint) -> _Endpoint:
         except CalschedError as exc:
             api = _mapped(exc)
             if api is not None:
-                return _error(api.status, api.code, api.message)
+                return _error(api.status, api.code, api.message, api.headers)
             log.error("control API: %s %s failed: %s", request.method, request.url.path, exc)
             return _error(500, "internal", "internal error; see the calsched log")
         except Exception:

@@ -233,6 +233,7 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = Fa
 
 async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
     from calsched.control import create_control_app, serve_control
+    from calsched.failpoints import Failpoint, failpoint_from_env
     from calsched.journal import Journal
     from calsched.metrics import Metrics
     from calsched.scheduler import Scheduler
@@ -241,6 +242,9 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
 
     async with AsyncExitStack() as stack:
         # Everything that can refuse the configuration comes before the database is touched.
+        failpoint = failpoint_from_env()  # a test seam; a no-op unless CALSCHED_FAILPOINT
+        if isinstance(failpoint, Failpoint):
+            log.warning("failpoints armed: this process will SIGKILL itself", **failpoint.armed)
         host = build_host(cfg)
         closer = getattr(host, "aclose", None)
         if closer is not None:
@@ -284,6 +288,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             host,
             metrics=metrics,
             lease_status=keeper.status,
+            failpoint=failpoint,
         )
         app = create_control_app(
             scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)

@@ -14,7 +14,8 @@
     ├── JournalError (RuntimeError)           the database cannot be used
     │   ├── SchemaVersionError                the database schema is older or newer than the code
     │   ├── LeaseHeldError                    another live process holds the identifier's lease
-    │   └── LeaseLostError                    this process no longer holds it: writes refused
+    │   ├── LeaseLostError                    this process no longer holds it: writes refused
+    │   └── JournalUnavailableError           a passing fault: disk full, I/O error, locked
     └── BackendError (RuntimeError)           a call to the calendar backend failed
         ├── BackendRefusedError               401/403: the API key is refused
         ├── BackendRejectedError              404/400/422: the backend cannot take the request
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidTransitionError",
     "JournalError",
+    "JournalUnavailableError",
     "LeaseHeldError",
     "LeaseLostError",
     "NoActiveSlotError",
@@ -127,6 +129,21 @@ class SlotNotFoundError(CalschedError, LookupError):
 
 class JournalError(CalschedError, RuntimeError):
     """The journal database cannot be used (unreachable, locked, corrupt)."""
+
+
+class JournalUnavailableError(JournalError):
+    """The journal cannot be written (or read) for a cause that may pass: a full disk,
+    an I/O error, a lock held too long, an unreachable server.
+
+    ``cause`` is the short name an operator acts on ("disk full"); ``detail`` the
+    driver's own sentence. Nothing was committed by the operation that raised it.
+    """
+
+    def __init__(self, what: str, cause: str, detail: str) -> None:
+        self.what = what
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"{what} unavailable: {cause}")
 
 
 class SchemaVersionError(JournalError):

@@ -51,12 +51,23 @@ def one_line_error(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
 # -- defaults ----------------------------------------------------------------------------
 
 
+def test_default_data_dir_is_private_under_umask_022(tmp_path: Path) -> None:
+    """The data directory is created 0700 whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        load_config()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data" / "calsched").stat().st_mode & 0o777 == 0o700
+
+
 def test_defaults(tmp_path: Path) -> None:
     """Without file, env or flags every setting has its documented default."""
     cfg = load_config()
     data_dir = tmp_path / "data" / "calsched"
     assert cfg.database_url == f"sqlite:///{data_dir / 'calsched.db'}"
     assert data_dir.is_dir()  # created so that SQLite can make its file there
+    assert data_dir.stat().st_mode & 0o777 == 0o700  # the journal holds prompts
     assert cfg.identifier == socket.gethostname()
     assert cfg.sqlite_synchronous == "FULL"
     assert cfg.backend_url is None

@@ -21,6 +21,7 @@ from calsched.errors import (
     InvalidInputError,
     InvalidTransitionError,
     JournalError,
+    JournalUnavailableError,
     NoActiveSlotError,
     StaleSlotError,
 )
@@ -561,6 +562,26 @@ async def test_internal_errors_are_500_without_details(
     assert caplog.records
     assert ALICE not in caplog.text
     assert ALICE.rsplit(".", 1)[-1] not in caplog.text
+
+
+async def test_journal_unavailable_is_503_naming_the_cause_and_not_logged_per_call(
+    client: httpx.AsyncClient, tools: FakeTools, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk is 503 journal_unavailable naming it, with Retry-After, not 500; the
+    journal writer logs the episode once, so the API adds no line per call."""
+    tools.fail_with = JournalUnavailableError("journal", "disk full", "database or disk is full")
+    with caplog.at_level(logging.DEBUG, logger="calsched"):
+        for _ in range(3):
+            response = await client.post(
+                "/v1/agents/alice/slot/complete", headers=auth(ALICE), json={}
+            )
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"
+            assert response.json() == {
+                "error": "journal_unavailable",
+                "message": "journal unavailable: disk full; try again later",
+            }
+    assert [r for r in caplog.records if r.name.startswith("calsched.control")] == []
 
 
 async def test_invalid_input_from_tools_is_422(client: httpx.AsyncClient, tools: FakeTools) -> None:

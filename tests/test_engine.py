@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, text
 
-from calsched.errors import ConfigError, JournalError
+from calsched.errors import ConfigError, JournalError, JournalUnavailableError
 from calsched.journal import Journal, TransitionRequest
-from calsched.journal.engine import WRITE, make_engine
+from calsched.journal.engine import WRITE, make_engine, writing
 from calsched.model import Actor, Slot, Trigger
 
 
@@ -154,7 +156,7 @@ def test_locked_database_waits_busy_timeout_then_journal_error(sqlite_url: str) 
                 journal.apply(_receive("s1"))
             waited = time.monotonic() - started
             assert journal.get("s1") is None  # WAL: readers do not wait for the writer
-        assert str(info.value) == "journal write failed: database is locked"
+        assert str(info.value) == "journal unavailable: database is locked"
         assert waited >= 0.15
         assert journal.apply(_receive("s1")).seq == 1  # usable once the lock is gone
     finally:
@@ -179,3 +181,108 @@ def test_write_waits_for_a_lock_released_in_time(sqlite_url: str) -> None:
         assert [e.slot_id for e in journal.events()] == ["s1"]
     finally:
         journal.close()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_database_wal_and_shm_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 022 SQLite would make all three 0644: they are created 0600."""
+    db = tmp_path / "j.db"
+    old = os.umask(0o022)
+    try:
+        journal = Journal.open(f"sqlite:///{db}", "host-a", upgrade=True)
+        try:
+            with journal.engine.connect() as conn:  # the -wal and -shm exist while open
+                conn.execute(text("SELECT 1"))
+                found = {p.name: _mode(p) for p in tmp_path.iterdir()}
+        finally:
+            journal.close()
+    finally:
+        os.umask(old)
+    assert found == {"j.db": 0o600, "j.db-wal": 0o600, "j.db-shm": 0o600}
+
+
+def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
+    """Only a file calsched creates is made 0600; an operator's choice is not undone."""
+    db = tmp_path / "j.db"
+    Journal.open(f"sqlite:///{db}", "host-a", upgrade=True).close()
+    db.chmod(0o640)
+    Journal.open(f"sqlite:///{db}", "host-a", upgrade=True).close()
+    assert _mode(db) == 0o640
+
+
+def _failing(engine: Engine, error: Exception) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _fail(*_args: Any) -> None:
+        raise error
+
+
+@pytest.mark.parametrize(
+    ("sentence", "cause"),
+    [
+        ("database or disk is full", "disk full"),
+        ("disk I/O error", "disk I/O error"),
+        ("database is locked", "database is locked"),
+        ("attempt to write a readonly database", "database is read-only"),
+    ],
+)
+def test_passing_sqlite_faults_are_unavailable_naming_the_cause(
+    sqlite_url: str, sentence: str, cause: str
+) -> None:
+    """The driver's sentence becomes a short cause; the sentence is kept as the detail."""
+    engine = make_engine(sqlite_url)
+    _failing(engine, sqlite3.OperationalError(sentence))
+    try:
+        with pytest.raises(JournalUnavailableError) as info, writing(engine, "journal") as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert str(info.value) == f"journal unavailable: {cause}"
+    assert info.value.detail == sentence
+
+
+def test_an_io_error_with_the_file_size_limit_reached_is_disk_full(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write past RLIMIT_FSIZE reaches SQLite as EFBIG, an I/O error: called disk full."""
+    import resource
+
+    engine = make_engine(sqlite_url)
+    _failing(engine, sqlite3.OperationalError("disk I/O error"))
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (4096, resource.RLIM_INFINITY))
+    try:
+        with pytest.raises(JournalUnavailableError) as info, writing(engine, "journal") as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert info.value.cause == "disk full"
+
+
+def test_other_database_errors_stay_plain_journal_errors(sqlite_url: str) -> None:
+    """Corruption or a bug is not a passing fault: no 503, the plain message."""
+    engine = make_engine(sqlite_url)
+    _failing(engine, sqlite3.DatabaseError("database disk image is malformed"))
+    try:
+        with pytest.raises(JournalError) as info, writing(engine, "journal") as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert not isinstance(info.value, JournalUnavailableError)
+    assert str(info.value) == "journal write failed: database disk image is malformed"
+
+
+@pytest.mark.postgres
+def test_postgres_disk_full_is_unavailable(pg_url: str) -> None:
+    """SQLSTATE 53100 is a full disk on PostgreSQL too."""
+    import psycopg.errors
+
+    engine = make_engine(pg_url)
+    _failing(engine, psycopg.errors.lookup("53100")("could not extend file"))
+    try:
+        with pytest.raises(JournalUnavailableError) as info, writing(engine, "journal") as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert info.value.cause == "disk full"

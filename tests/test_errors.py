@@ -19,6 +19,7 @@ from calsched.errors import (
     InvalidInputError,
     InvalidTransitionError,
     JournalError,
+    JournalUnavailableError,
     LeaseHeldError,
     LeaseLostError,
     NoActiveSlotError,
@@ -42,6 +43,7 @@ TREE: list[tuple[type[Exception], type[Exception]]] = [
     (SchemaVersionError, JournalError),
     (LeaseHeldError, JournalError),
     (LeaseLostError, JournalError),
+    (JournalUnavailableError, JournalError),
     (BackendError, RuntimeError),
     (BackendRefusedError, BackendError),
     (BackendRejectedError, BackendError),
@@ -172,3 +174,10 @@ def test_lease_lost_sentence_says_why() -> None:
     """Names the identifier, the lost epoch and the reason."""
     err = LeaseLostError("host-a", 7, "epoch 8 took over")
     assert str(err) == "lost the lease on identifier 'host-a' (epoch 7): epoch 8 took over"
+
+
+def test_journal_unavailable_names_its_cause_not_the_driver_sentence() -> None:
+    """The message is the short cause an operator acts on; the driver's sentence is kept."""
+    exc = JournalUnavailableError("journal", "disk full", "database or disk is full")
+    assert str(exc) == "journal unavailable: disk full"
+    assert (exc.what, exc.cause, exc.detail) == ("journal", "disk full", "database or disk is full")

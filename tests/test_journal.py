@@ -200,6 +200,96 @@ def test_apply_many_commits_a_batch_in_order(journal: Journal, request_factory: 
     assert journal.verify() == []
 
 
+def test_a_large_batch_writes_many_rows_per_statement_with_seqs_in_order(
+    journal: Journal, request_factory: Request
+) -> None:
+    """A batch over the largest IN chunk: heads read in chunks, seqs follow the batch."""
+    n = 600  # more than one chunk of heads (512), and a padded second one
+    received = journal.apply_many(
+        [request_factory(f"s{i}", T.receive, agent_id=f"a{i}") for i in range(n)]
+    )
+    dispatched = journal.apply_many(
+        [request_factory(f"s{i}", T.dispatch) for i in reversed(range(n))]
+    )
+    seqs = [e.seq for e in received + dispatched]
+    assert all(isinstance(seq, int) for seq in seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 2 * n
+    # Stored in that order: the log read back is the batch, event for event.
+    stored = [(e.slot_id, e.kind, e.seq) for e in journal.events()]
+    assert stored[-2 * n :] == [(e.slot_id, e.kind, e.seq) for e in received + dispatched]
+    active = journal.load_active()
+    assert {v.state for v in active} == {S.dispatching}
+    assert {v.slot_id: v.last_seq for v in active} == {e.slot_id: e.seq for e in dispatched}
+    assert journal.verify() == []
+
+
+def test_apply_each_in_skips_a_refused_request_and_commits_the_rest(
+    journal: Journal, request_factory: Request, drive: Drive, snapshot: Snapshot
+) -> None:
+    """Each request on its own terms: refusals in place, the others written at once."""
+    drive(journal, "busy", S.in_progress, agent_id="agent-9")
+    drive(journal, "s1", S.dispatching)
+    journal.apply(request_factory("s2", T.receive, agent_id="agent-2"))
+    journal.apply(request_factory("s3", T.receive, agent_id="agent-9"))
+    requests = [
+        request_factory("s1", T.woke),
+        request_factory("ghost", T.woke),  # unknown slot
+        request_factory("s2", T.dispatch),
+        request_factory("s2", T.dispatch),  # judged after the one before: now invalid
+        request_factory("s3", T.dispatch),  # its agent is busy with a stored slot
+        request_factory("s2", T.woke),
+    ]
+    with journal.engine.connect() as conn, conn.begin():
+        applied, outcomes = journal.apply_each_in(conn, requests)
+    kinds = [type(o) if o is not None else None for o in outcomes]
+    assert kinds == [
+        None,
+        SlotNotFoundError,
+        None,
+        InvalidTransitionError,
+        AgentBusyError,
+        None,
+    ]
+    assert [(e.slot_id, e.kind) for e in applied.events] == [
+        ("s1", T.woke),
+        ("s2", T.dispatch),
+        ("s2", T.woke),
+    ]
+    views = journal.get_many(["s1", "s2", "s3"])
+    assert [views[s].state for s in ("s1", "s2", "s3")] == [S.in_progress, S.in_progress, S.pending]
+    assert journal.verify() == []
+    before = snapshot(journal)
+    with journal.engine.connect() as conn, conn.begin():
+        applied, outcomes = journal.apply_each_in(conn, [request_factory("s1", T.dispatch)])
+    assert applied.events == []
+    assert isinstance(outcomes[0], InvalidTransitionError)
+    assert snapshot(journal) == before
+    with journal.engine.connect() as conn, conn.begin():
+        assert journal.apply_each_in(conn, []) == (applied, [])
+
+
+def test_a_batch_of_dispatches_keeps_one_current_slot_per_agent(
+    journal: Journal, request_factory: Request, drive: Drive
+) -> None:
+    """The batched busy check sees stored current slots and the batch's own."""
+    drive(journal, "held", S.paused, agent_id="agent-1")
+    journal.apply_many(
+        [
+            request_factory("s1", T.receive, agent_id="agent-1"),
+            request_factory("s2", T.receive, agent_id="agent-2"),
+            request_factory("s3", T.receive, agent_id="agent-2"),
+        ]
+    )
+    with pytest.raises(AgentBusyError):  # agent-1 holds "held", stored
+        journal.apply_many([request_factory("s2", T.dispatch), request_factory("s1", T.dispatch)])
+    with pytest.raises(AgentBusyError):  # agent-2's s2 became current in this batch
+        journal.apply_many([request_factory("s2", T.dispatch), request_factory("s3", T.dispatch)])
+    assert journal.get_many(["s2"])["s2"].state is S.pending
+    journal.apply_many([request_factory("held", T.abort), request_factory("s1", T.dispatch)])
+    assert journal.get_many(["s1"])["s1"].state is S.dispatching
+
+
 @pytest.mark.parametrize(
     ("bad", "error"),
     [

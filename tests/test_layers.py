@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "calsched.config",
         "calsched.daemon",
+        "calsched.failpoints",
         "calsched.commands",
         "calsched.demo",
         "calsched.cli",

@@ -43,7 +43,7 @@ class FakeClock:
 
 @dataclass
 class Disk:
-    """Fails ``mark_delivered_in`` like a full disk while ``broken``."""
+    """Fails every outbox mark (one row or a batch) like a full disk while ``broken``."""
 
     broken: bool = True
     failed: int = 0
@@ -65,7 +65,16 @@ async def rig(
             raise JournalError("journal write failed: disk I/O error")
         real(conn, row_id, note)
 
+    real_many = journal.mark_delivered_many_in
+
+    def mark_many(conn: Connection, row_ids: list[int]) -> None:
+        if disk.broken:
+            disk.failed += 1
+            raise JournalError("journal write failed: disk I/O error")
+        real_many(conn, row_ids)
+
     monkeypatch.setattr(journal, "mark_delivered_in", mark)
+    monkeypatch.setattr(journal, "mark_delivered_many_in", mark_many)
     backend = InMemoryBackend([Slot(id="s1", agent_id="alice", title="report")])
     settings = SchedulerSettings(
         identifier="host-a", outbox_backoff_initial_s=1.0, outbox_backoff_max_s=8.0
@@ -101,7 +110,7 @@ async def test_a_failing_mark_after_the_post_holds_the_outbox(
         for _ in range(20):  # twenty polls within the first step: still one post
             await settle(sched)
         assert posts(backend) == 1
-        assert disk.failed == 1
+        assert disk.failed == 2  # the batch, then the row alone
         assert len(held_lines(caplog)) == 1
         assert "disk I/O error" in held_lines(caplog)[0]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from calsched.errors import (
     BackendConflictError,
@@ -33,7 +34,7 @@ from calsched.model import (
     utcnow,
 )
 from calsched.ports import WakeRequest
-from calsched.scheduler import Scheduler
+from calsched.scheduler import Scheduler, dispatcher
 from calsched.settings import QueuePolicy, SchedulerSettings
 from calsched.testing import InMemoryBackend, InMemoryHost
 
@@ -646,6 +647,126 @@ async def test_lost_lease_refuses_the_tools_and_stop_sends_nothing(
     await sched.stop(flush=False)
     assert count_events(sched) == before
     assert backend.updates_for("s1") == []  # the in_progress row stays for the new holder
+
+
+async def test_wake_outcomes_ending_together_share_a_write_and_fail_alone(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """Ten wakes released at once settle in one batch; the one whose slot was aborted
+    meanwhile is refused alone, and the other nine commit."""
+    agents = [f"agent-{i}" for i in range(10)]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"s{i}", agent) for i, agent in enumerate(agents)]
+    sched = make(max_concurrent_wakes=10)
+    await sched.recover()
+    await sched.heartbeat_once()
+    await asyncio.sleep(0.05)  # every wake started and hangs
+    await sched.abort("agent-0", "changed my mind")
+    settler = sched._gateway.settler
+    before = (settler.batches, settler.items)
+    host.heal()
+    await sched.idle()
+    assert (settler.batches - before[0], settler.items - before[1]) == (1, 10)
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {f"s{i}": SlotState.in_progress for i in range(1, 10)}
+    assert sched.journal.verify() == []
+
+
+async def test_a_failed_batch_write_gives_each_caller_its_own_outcome(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """A database error on a batch of wake outcomes (or of outbox marks) rolls it back;
+    each is then written alone, and none is lost."""
+    failed: list[str] = []
+
+    def fail_batches(*args: Any) -> None:
+        statement, many = args[2], args[5]
+        kind = " ".join(statement.split()[:3]).upper()
+        if many and kind in ("INSERT INTO EVENTS", "UPDATE OUTBOX SET") and kind not in failed:
+            failed.append(kind)
+            raise OSError("the disk hiccuped")
+
+    agents = [f"agent-{i}" for i in range(6)]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"s{i}", agent) for i, agent in enumerate(agents)]
+    sched = make()
+    await sched.recover()
+    await sched.heartbeat_once()
+    await asyncio.sleep(0.05)  # every wake started and hangs
+    event.listen(sched.journal.engine, "before_cursor_execute", fail_batches)
+    try:
+        host.heal()
+        await sched.idle()
+    finally:
+        event.remove(sched.journal.engine, "before_cursor_execute", fail_batches)
+    assert sorted(failed) == ["INSERT INTO EVENTS", "UPDATE OUTBOX SET"]
+    assert {v.slot_id: v.state for v in sched.active()} == {
+        f"s{i}": SlotState.in_progress for i in range(6)
+    }
+    rows = sched.journal.outbox_rows()
+    assert len(rows) == 6
+    assert all(r.delivered_at is not None for r in rows)
+    assert sched.journal.verify() == []
+
+
+async def test_a_burst_of_new_agents_is_received_and_dispatched_in_one_commit(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost
+) -> None:
+    """New slots of idle agents are dispatched in their receive's commit: the oldest of
+    each (by id), never a second one, and not an agent's that already has a live slot."""
+    for agent in ("alice", "bob", "carol"):
+        host.hang_wakes(agent)
+    backend.to_fire = [slot("c1", "carol")]
+    sched = make()
+    await sched.recover()
+    await sched.heartbeat_once()  # carol now has a live (dispatching) slot
+    backend.to_fire = [
+        slot("a2", "alice"),
+        slot("a1", "alice"),
+        slot("b1", "bob"),
+        slot("c2", "carol"),
+    ]
+    before = sched._gateway.writer.groups
+    await sched.heartbeat_once()
+    assert sched._gateway.writer.groups - before == 1
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {
+        "a1": SlotState.dispatching,
+        "a2": SlotState.pending,
+        "b1": SlotState.dispatching,
+        "c1": SlotState.dispatching,
+        "c2": SlotState.pending,
+    }
+    host.heal()
+    await sched.idle()
+    assert sched.journal.verify() == []
+
+
+async def test_a_large_intake_is_committed_in_chunks_in_order(
+    make: Factory, backend: InMemoryBackend, host: InMemoryHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INTAKE_CHUNK requests an intake takes several commits, each dispatching its
+    own new agents; an agent's later slot in a later chunk waits its turn."""
+    monkeypatch.setattr(dispatcher, "INTAKE_CHUNK", 2)
+    agents = ["a", "b", "c", "d", "e"]
+    for agent in agents:
+        host.hang_wakes(agent)
+    backend.to_fire = [slot(f"{a}1", a) for a in agents] + [slot("a2", "a")]
+    sched = make()
+    await sched.recover()
+    before = sched._gateway.writer.groups
+    await sched.heartbeat_once()
+    assert sched._gateway.writer.groups - before == 3  # 6 requests, 2 a commit
+    states = {v.slot_id: v.state for v in sched.active()}
+    assert states == {
+        **{f"{a}1": SlotState.dispatching for a in agents},
+        "a2": SlotState.pending,
+    }
+    host.heal()
+    await sched.idle()
+    assert sched.journal.verify() == []
 
 
 async def test_keyed_tool_call_keeps_its_answer_with_the_change(make: Factory) -> None:

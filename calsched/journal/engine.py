@@ -9,8 +9,11 @@ locked" when another process writes, where an immediate one waits for the busy t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import resource
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -23,13 +26,16 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from calsched.errors import AgentBusyError, ConfigError, JournalError
+from calsched.errors import AgentBusyError, ConfigError, JournalError, JournalUnavailableError
 
 __all__ = [
     "WRITE",
     "Synchronous",
+    "classify",
+    "create_private_file",
     "describe_error",
     "driver_execute",
+    "driver_executemany",
     "make_engine",
     "reading",
     "writing",
@@ -82,6 +88,14 @@ def make_engine(
 def _configure_sqlite(
     engine: Engine, synchronous: str, busy_timeout_ms: int, *, memory: bool
 ) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _create_private(_dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
+        # SQLite would create a missing file 0666 minus the umask (0644 under 022), and
+        # its -wal and -shm take the database file's mode: creating it 0600 here, just
+        # before SQLite would, keeps all three private whatever the umask.
+        if not memory and cargs:
+            create_private_file(Path(cargs[0]))
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's begin event own BEGIN; pysqlite's implicit BEGIN is deferred.
@@ -113,16 +127,29 @@ def driver_execute(conn: Connection, sql: str, params: Any) -> Any:
     OperationalError, ...) with the parameters hidden, and a lost connection is
     invalidated rather than reused.
     """
+    return _driver_run(conn, sql, params, many=False)
+
+
+def driver_executemany(conn: Connection, sql: str, rows: Sequence[Any]) -> Any:
+    """:func:`driver_execute` for many parameter sets of one statement: one
+    ``executemany`` (listeners see it once, with ``executemany=True``)."""
+    return _driver_run(conn, sql, rows, many=True)
+
+
+def _driver_run(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
     cursor = conn.connection.cursor()
     dispatch = conn.dispatch
     try:
         if dispatch.before_cursor_execute:
             for fn in dispatch.before_cursor_execute:
-                fn(conn, cursor, sql, params, None, False)
-        cursor.execute(sql, params)
+                fn(conn, cursor, sql, params, None, many)
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
         if dispatch.after_cursor_execute:
             for fn in dispatch.after_cursor_execute:
-                fn(conn, cursor, sql, params, None, False)
+                fn(conn, cursor, sql, params, None, many)
     except conn.dialect.loaded_dbapi.Error as exc:
         cursor.close()
         raise _wrapped(conn, sql, params, exc) from exc
@@ -149,6 +176,109 @@ def _wrapped(conn: Connection, sql: str, params: Any, exc: Any) -> StatementErro
     return error
 
 
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (or its directory does not:
+    SQLite then says so itself)."""
+    if path.exists() or not path.parent.is_dir():
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:  # another process created it meanwhile: its mode stands
+        return
+    except OSError:  # an unwritable directory: SQLite's own error is the clearer one
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask can only take bits away; make the mode exact
+    finally:
+        os.close(fd)
+
+
+#: SQLite result codes (the primary code: the low byte of the extended one).
+_SQLITE_CAUSES = {
+    5: "database is locked",  # SQLITE_BUSY
+    6: "database is locked",  # SQLITE_LOCKED
+    8: "database is read-only",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot open the database file",  # SQLITE_CANTOPEN
+}
+#: The same causes from the driver's sentence, for errors without a code (raised by
+#: tests, or by older drivers).
+_SQLITE_SENTENCES = {
+    "database is locked": "database is locked",
+    "database table is locked": "database is locked",
+    "attempt to write a readonly database": "database is read-only",
+    "disk I/O error": "disk I/O error",
+    "database or disk is full": "disk full",
+    "unable to open database file": "cannot open the database file",
+}
+#: PostgreSQL SQLSTATEs; class 08 (connection exception) and 57P0x (shutdown) too.
+_PG_CAUSES = {
+    "53100": "disk full",
+    "53200": "out of memory",
+    "53300": "too many connections",
+    "58030": "disk I/O error",
+    "55P03": "database is locked",
+}
+#: Below this much free space, a write error is taken for a full disk.
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def classify(engine: Engine, exc: SQLAlchemyError) -> str | None:
+    """The short cause of a passing database fault ("disk full", "disk I/O error", ...),
+    or ``None`` when ``exc`` is something else (a constraint, a bug, corruption).
+
+    A write that hits a full disk or a file-size limit often reaches SQLite as a failed
+    write (SQLITE_IOERR, EFBIG) rather than SQLITE_FULL; such an I/O error is called
+    "disk full" when the disk or the process's file-size limit has no room left.
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return None
+    if engine.dialect.name == "sqlite":
+        code = getattr(orig, "sqlite_errorcode", None)
+        first = str(orig).splitlines()[0] if str(orig) else ""
+        cause = _SQLITE_CAUSES.get(code & 0xFF) if isinstance(code, int) else None
+        cause = cause or _SQLITE_SENTENCES.get(first)
+        if cause == "disk I/O error" and _out_of_space(engine.url.database):
+            return "disk full"
+        return cause
+    state = str(getattr(orig, "sqlstate", None) or "")
+    if state in _PG_CAUSES:
+        return _PG_CAUSES[state]
+    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if lost or state.startswith(("08", "57P0")):
+        return "database unreachable"
+    return None
+
+
+def _out_of_space(database: str | None) -> bool:
+    """Whether the database's disk, or this process's file-size limit, has no room."""
+    if not database or database == ":memory:":
+        return False
+    path = Path(database)
+    try:
+        disk = os.statvfs(path.parent)
+        if disk.f_bavail * disk.f_frsize < _LOW_SPACE_BYTES:
+            return True
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft == resource.RLIM_INFINITY:
+            return False
+        sizes = [p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()]
+        return max(sizes, default=0) + _LOW_SPACE_BYTES // 16 >= soft
+    except OSError:
+        return False
+
+
+def _failure(engine: Engine, what: str, doing: str, exc: SQLAlchemyError) -> JournalError:
+    """The journal error for ``exc``: unavailable (503) for a passing fault, else plain."""
+    sentence = describe_error(exc)
+    cause = classify(engine, exc)
+    if cause is not None:
+        return JournalUnavailableError(what, cause, sentence)
+    return JournalError(f"{what} {doing} failed: {sentence}")
+
+
 def describe_error(exc: SQLAlchemyError) -> str:
     """The driver's own first line for ``exc``: never the statement or its parameters."""
     orig = getattr(exc, "orig", None)
@@ -169,8 +299,10 @@ def writing(
     ``check`` runs first inside the transaction (the journal's lease fence: whatever it
     raises rolls the transaction back and reaches the caller as it is). Database errors
     become :class:`JournalError` naming ``what`` ("journal", "calendar") and the driver's
-    sentence, never the parameters; a second current slot for one agent, refused by the
-    database's unique index after another writer's commit, is :class:`AgentBusyError`.
+    sentence, never the parameters; a passing fault (a full disk, an I/O error, a lock) is
+    a :class:`JournalUnavailableError` naming its cause; a second current slot for one
+    agent, refused by the database's unique index after another writer's commit, is
+    :class:`AgentBusyError`.
     """
     try:
         with engine.connect() as conn:
@@ -185,14 +317,15 @@ def writing(
             raise AgentBusyError.raced() from None
         raise JournalError(f"{what} write conflicted: {said}") from None
     except SQLAlchemyError as exc:
-        raise JournalError(f"{what} write failed: {describe_error(exc)}") from None
+        raise _failure(engine, what, "write", exc) from None
 
 
 @contextmanager
 def reading(engine: Engine, what: str) -> Iterator[Connection]:
-    """A connection for reads; database errors become :class:`JournalError`."""
+    """A connection for reads; database errors become :class:`JournalError` (a passing
+    fault a :class:`JournalUnavailableError`)."""
     try:
         with engine.connect() as conn:
             yield conn
     except SQLAlchemyError as exc:
-        raise JournalError(f"{what} read failed: {describe_error(exc)}") from None
+        raise _failure(engine, what, "read", exc) from None

@@ -8,7 +8,7 @@ the slot to the backend's status. :class:`OutboxLog` is the part of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -83,6 +83,15 @@ class OutboxLog:
     def mark_delivered_in(self, conn: Connection, row_id: int, note: str | None = None) -> None:
         """:meth:`mark_delivered` inside the write transaction ``conn`` holds."""
         self._mark(conn, row_id, delivered_at=self._clock(), last_error=note)
+
+    def mark_delivered_many_in(self, conn: Connection, row_ids: Sequence[int]) -> None:
+        """:meth:`mark_delivered_in` of many rows, in one statement execution."""
+        when = self._clock()
+        statements.execute_many(
+            conn,
+            self._sql.mark["delivered_at"],
+            [{"row_id": row_id, "delivered_at": when, "last_error": None} for row_id in row_ids],
+        )
 
     def mark_retry(self, row_id: int, next_try_at: datetime, error: str) -> None:
         """A passing fault (or a refused key): try again at ``next_try_at``."""

@@ -13,14 +13,17 @@ Every statement stays parameterised: values only ever travel as bound parameters
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
     Column,
     Connection,
     Dialect,
+    Integer,
     bindparam,
+    func,
     insert,
     literal_column,
     select,
@@ -29,19 +32,23 @@ from sqlalchemy import (
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
-from calsched.journal.engine import driver_execute
+from calsched.journal.engine import driver_execute, driver_executemany
 from calsched.journal.replay import Change
 from calsched.journal.schema import events, outbox, slots
 
 __all__ = [
     "HEAD_COLUMNS",
+    "IN_SIZES",
     "MUTABLE_SLOT_COLUMNS",
     "Compiled",
     "Statements",
     "execute",
+    "execute_many",
     "fetch_all",
     "insert_returning_id",
+    "padded",
 ]
 
 Processor = Callable[[Any], Any] | None
@@ -53,6 +60,23 @@ HEAD_COLUMNS = ("state", "attempt", "agent_id", "started_at", "summary", "reason
 _EVENT_COLUMNS = tuple(c.name for c in events.columns if c.name != "seq")
 _OUTBOX_COLUMNS = tuple(c.name for c in outbox.columns if c.name not in ("id",))
 
+#: The lengths an ``IN (...)`` list is compiled for: a batch's keys are padded up to the
+#: next one (repeating its last key), so four statements serve every batch size and a
+#: lone transition does not bind 512 parameters. Longer batches go in chunks of the last.
+IN_SIZES = (1, 8, 64, 512)
+
+
+def padded(keys: Sequence[str]) -> list[list[str]]:
+    """``keys`` in chunks of at most ``IN_SIZES[-1]``, each padded to an ``IN_SIZES``
+    length by repeating its last key (a repeated key in ``IN`` matches nothing more)."""
+    chunks: list[list[str]] = []
+    step = IN_SIZES[-1]
+    for start in range(0, len(keys), step):
+        chunk = list(keys[start : start + step])
+        size = next(n for n in IN_SIZES if n >= len(chunk))
+        chunks.append(chunk + [chunk[-1]] * (size - len(chunk)))
+    return chunks
+
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
@@ -63,16 +87,40 @@ class Compiled:
     binders: tuple[Processor, ...]
     positional: bool
     returns: bool = False
+    #: The values in ``names`` order in one C call, and only the processors that exist:
+    #: binding runs once per row of every batch, so its Python is kept to the minimum.
+    _pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
+    _procs: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = self.names
+        pick: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+        if not names:
+            pick = _no_values
+        elif len(names) == 1:
+            one = names[0]
+            pick = lambda values: (values[one],)  # noqa: E731 (itemgetter of one is no tuple)
+        else:
+            pick = itemgetter(*names)
+        object.__setattr__(self, "_pick", pick)
+        procs = tuple((i, p) for i, p in enumerate(self.binders) if p is not None)
+        object.__setattr__(self, "_procs", procs)
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """The driver's parameters for ``values``, each through its type's processor."""
-        out = [
-            value if proc is None else proc(value)
-            for proc, value in zip(self.binders, (values[n] for n in self.names), strict=True)
-        ]
+        picked = self._pick(values)
+        if self._procs:
+            out = list(picked)
+            for i, proc in self._procs:
+                out[i] = proc(out[i])
+            picked = tuple(out)
         if self.positional:
-            return tuple(out)
-        return dict(zip(self.names, out, strict=True))
+            return picked
+        return dict(zip(self.names, picked, strict=True))
+
+
+def _no_values(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
 
 
 def _compile(
@@ -82,10 +130,37 @@ def _compile(
     assert isinstance(compiled, SQLCompiler)
     positional = bool(compiled.positional)
     names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
-    binders = tuple(
-        compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
-    )
+    binders = tuple(_binder(compiled.binds[n].type, dialect) for n in names)
     return Compiled(compiled.string, names, binders, positional, returns)
+
+
+def _binder(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
+    proc = type_.dialect_impl(dialect).bind_processor(dialect)
+    if proc is None or not _is_time(type_):
+        return proc
+    # A batch's rows carry the same few times (its clock reading, mostly), each bound
+    # several times a row: converting each distinct value once saves most of the work.
+    # Times are immutable, and the last one is held, so identity is a safe test; the
+    # pair is swapped in one assignment, so threads sharing it never mix two pairs.
+    last: list[tuple[Any, Any]] = [(_NOTHING, None)]
+
+    def bind(value: Any) -> Any:
+        seen, out = last[0]
+        if value is seen:
+            return out
+        out = proc(value)
+        last[0] = (value, out)
+        return out
+
+    return bind
+
+
+def _is_time(type_: TypeEngine[Any]) -> bool:
+    impl = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+    return isinstance(impl, DateTime)
+
+
+_NOTHING = object()
 
 
 def _readers(dialect: Dialect, cols: Sequence[Column[Any]]) -> tuple[Processor, ...]:
@@ -113,21 +188,56 @@ class Statements:
             dialect,
         )
         self.head_readers = _readers(dialect, head)
-        self.current_of_agent = _compile(
-            select(slots.c.slot_id).where(
-                slots.c.identifier == key[0],
-                slots.c.agent_id == bindparam("agent_id"),
-                slots.c.state.in_([bindparam(f"current_{i}") for i in range(3)]),
-                slots.c.slot_id != key[1],
-            ),
-            dialect,
-        )
+        #: The heads of many slots, by ``IN_SIZES`` length: ``slot_id`` then the head.
+        self.select_heads = {
+            n: _compile(
+                select(slots.c.slot_id, *head)
+                .where(
+                    slots.c.identifier == key[0],
+                    slots.c.slot_id.in_([bindparam(f"slot_{i}") for i in range(n)]),
+                )
+                .with_for_update(),
+                dialect,
+            )
+            for n in IN_SIZES
+        }
+        #: The current slots of many agents, by ``IN_SIZES`` length: (agent, slot) rows.
+        self.current_of_agents = {
+            n: _compile(
+                select(slots.c.agent_id, slots.c.slot_id).where(
+                    slots.c.identifier == key[0],
+                    slots.c.agent_id.in_([bindparam(f"agent_{i}") for i in range(n)]),
+                    slots.c.state.in_([bindparam(f"current_{i}") for i in range(3)]),
+                ),
+                dialect,
+            )
+            for n in IN_SIZES
+        }
         event_insert = insert(events)
         if not self.lastrowid:
             event_insert = event_insert.returning(events.c.seq)
         self.insert_event = _compile(
             event_insert, dialect, _EVENT_COLUMNS, returns=not self.lastrowid
         )
+        #: Many events at once, with the seqs :attr:`reserve_seqs` handed out.
+        self.insert_events = _compile(insert(events), dialect, ("seq", *_EVENT_COLUMNS))
+        #: ``n`` new seqs for one transaction's events. SQLite: the highest so far (new
+        #: ones follow it; the writer's ``BEGIN IMMEDIATE`` holds the only write lock, and
+        #: without AUTOINCREMENT SQLite would pick exactly these). Elsewhere: the column's
+        #: own sequence, so identifiers sharing the database never collide.
+        if self.lastrowid:
+            self.reserve_seqs = _compile(select(func.max(events.c.seq)), dialect)
+        else:
+            # The table's own constant names, inlined: no value of a caller's goes here.
+            serial = func.pg_get_serial_sequence(
+                literal_column(f"'{events.name}'"), literal_column(f"'{events.c.seq.name}'")
+            )
+            self.reserve_seqs = _compile(
+                select(func.nextval(serial)).select_from(
+                    func.generate_series(literal_column("1"), bindparam("n", type_=Integer))
+                ),
+                dialect,
+            )
         self.insert_outbox = _compile(insert(outbox), dialect, _OUTBOX_COLUMNS)
         self.insert_slot = _compile(insert(slots), dialect, _SLOT_COLUMNS)
         where = (
@@ -165,6 +275,15 @@ def _run(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> Any:
 def execute(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> None:
     """Execute ``stmt`` with ``values`` on ``conn``'s driver cursor."""
     _run(conn, stmt, values).close()
+
+
+def execute_many(conn: Connection, stmt: Compiled, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Execute ``stmt`` once per row of ``rows``, in one driver call (``executemany``;
+    a lone row is a plain execute, which costs the driver less)."""
+    if len(rows) == 1:
+        execute(conn, stmt, rows[0])
+    elif rows:
+        driver_executemany(conn, stmt.sql, [stmt.params(values) for values in rows]).close()
 
 
 def insert_returning_id(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +32,7 @@ from calsched.journal import migrate
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.lease import Fence
 from calsched.journal.outbox import OutboxLog
+from calsched.journal.preflight import check_sqlite_file
 from calsched.journal.replay import (
     PLAIN_EVENT_COLUMNS,
     PLAIN_SLOT_COLUMNS,
@@ -107,10 +109,15 @@ class Journal(OutboxLog):
 
         Raises :class:`~calsched.errors.SchemaVersionError` when the schema is not at this
         code's head, and :class:`~calsched.errors.JournalError` when the database cannot
-        be reached.
+        be reached or a SQLite file is damaged (:mod:`calsched.journal.preflight`).
         """
         engine = make_engine(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         try:
+            database = engine.url.database
+            if engine.dialect.name == "sqlite" and database and database != ":memory:":
+                # Before the first connection: SQLite would take an empty file for a new
+                # journal and checkpoint a foreign -wal into it on close.
+                check_sqlite_file(Path(database))
             migrate.ensure_schema(engine, upgrade=upgrade)
         except BaseException:
             engine.dispose()
@@ -173,6 +180,14 @@ class Journal(OutboxLog):
         """Fire ``requests``, all or none, inside the write transaction ``conn`` holds
         (the group writer's): see :meth:`Transitions.apply_in`."""
         return self._transitions.apply_in(conn, requests)
+
+    def apply_each_in(
+        self, conn: Connection, requests: Sequence[TransitionRequest]
+    ) -> tuple[Applied, list[Exception | None]]:
+        """Fire each request on its own terms inside ``conn``'s write transaction: a
+        refused one is skipped, its refusal in its place in the list; see
+        :meth:`Transitions.apply_each_in`."""
+        return self._transitions.apply_each_in(conn, requests)
 
     # -- reads --------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from calsched.journal.rows import (
     outbox_values,
     state_of,
     view_values,
-    with_seq,
 )
 from calsched.journal.statements import Statements
 from calsched.lifecycle import SLOT_MACHINE
@@ -46,6 +45,8 @@ from calsched.model import (
 __all__ = ["REFUSALS", "Applied", "TransitionRequest", "Transitions", "notifies_backend"]
 
 _CURRENT = sorted(s.value for s in CURRENT_STATES)
+#: The triggers that can make a slot current (and so its agent busy).
+_MAY_START = frozenset({Trigger.dispatch, Trigger.reconcile})
 
 #: What a transition that does not fit raises, always before it writes anything.
 REFUSALS: tuple[type[Exception], ...] = (
@@ -121,31 +122,77 @@ class Transitions:
         Every refusal (:data:`REFUSALS`) is raised before this writes anything, so the
         group writer can refuse one caller's batch and still commit its neighbours'.
         """
+        return self._apply(conn, requests, tolerant=False)[0]
+
+    def apply_each_in(
+        self, conn: Connection, requests: Sequence[TransitionRequest]
+    ) -> tuple[Applied, list[Exception | None]]:
+        """Fire each of ``requests`` on its own terms, in one write pass.
+
+        A request that does not fit is skipped, its refusal (:data:`REFUSALS`) in its
+        place in the returned list (``None`` where the request was applied); each is
+        decided against the ones applied before it, so the outcome is that of one
+        transaction per request, in order. Many callers' unrelated requests (wake
+        outcomes ending together) share one set of statements this way.
+        """
+        return self._apply(conn, requests, tolerant=True)
+
+    def _apply(
+        self, conn: Connection, requests: Sequence[TransitionRequest], *, tolerant: bool
+    ) -> tuple[Applied, list[Exception | None]]:
         if not requests:
-            return Applied([], {})
-        st = self._sql
+            return Applied([], {}), []
         now = self._clock()
-        stored = {sid: self.load_head(conn, sid) for sid in sorted({r.slot_id for r in requests})}
+        stored = self.load_heads(conn, sorted({r.slot_id for r in requests}))
         # Decide everything first, each request against the ones before it: a refusal
         # writes nothing.
-        decided = {sid: h for sid, h in stored.items() if h is not None}
+        decided = dict(stored)
         current = {h.agent_id: sid for sid, h in decided.items() if h.state in CURRENT_STATES}
-        drafts: list[Event] = []
+        # The agents a dispatch or a reconcile may make busy: their current slots in one
+        # query, not one per request.
+        busy = self._current_of_agents(
+            conn,
+            sorted(
+                {
+                    stored[r.slot_id].agent_id
+                    for r in requests
+                    if r.trigger in _MAY_START and r.slot_id in stored
+                }
+            ),
+        )
+        drafts: list[dict[str, Any]] = []
+        outcomes: list[Exception | None] = []
         for request in requests:
-            event = self._decide(conn, request, decided, current, now)
-            decided[request.slot_id] = _Head(event.state_to, event.attempt, event.agent_id)
-            if event.state_to in CURRENT_STATES:
-                current[event.agent_id] = request.slot_id
-            elif current.get(event.agent_id) == request.slot_id:
-                del current[event.agent_id]
-            drafts.append(event)
-        # Then write, projecting each event from the stored columns it carries forward.
-        heads = {sid: h for sid, h in stored.items() if h is not None}
+            try:
+                draft = self._decide(conn, request, decided, current, busy, now)
+            except REFUSALS as exc:
+                if not tolerant:
+                    raise
+                outcomes.append(exc)
+                continue
+            outcomes.append(None)
+            draft["event_id"] = str(uuid.uuid4())
+            state_to, agent_id = draft["state_to"], draft["agent_id"]
+            decided[request.slot_id] = _Head(state_to, draft["attempt"], agent_id)
+            if state_to in CURRENT_STATES:
+                current[agent_id] = request.slot_id
+            elif current.get(agent_id) == request.slot_id:
+                del current[agent_id]
+            drafts.append(draft)
+        return self._write(conn, stored, drafts), outcomes
+
+    def _write(
+        self, conn: Connection, stored: Mapping[str, _Head], drafts: Sequence[dict[str, Any]]
+    ) -> Applied:
+        """Append the decided events, their outbox rows and the projection, each kind of
+        row in one driver call; project each event from the columns it carries forward."""
+        st = self._sql
+        events = self._append(conn, drafts)
+        heads = dict(stored)
         after: dict[str, SlotView | Change] = {}
         appended: list[Event] = []
-        for draft in drafts:
-            seq = statements.insert_returning_id(conn, st.insert_event, event_values(draft))
-            event = with_seq(draft, seq)
+        notices: list[dict[str, Any]] = []
+        for event in events:
             sid = event.slot_id
             if event.kind is Trigger.receive:
                 view = project(None, event)
@@ -163,17 +210,51 @@ class Transitions:
                 known = after.get(sid)
                 after[sid] = step.apply(known) if isinstance(known, SlotView) else step
             if notifies_backend(event.kind, event.state_to):
-                statements.execute(conn, st.insert_outbox, outbox_values(event, seq))
+                assert event.seq is not None, "appended"
+                notices.append(outbox_values(event, event.seq))
             appended.append(event)
+        statements.execute_many(conn, st.insert_outbox, notices)
+        changed: list[dict[str, Any]] = []
+        inserted: list[dict[str, Any]] = []
+        rewritten: list[dict[str, Any]] = []
         for sid, final in after.items():
             if isinstance(final, Change):
                 key = {"k_identifier": self.identifier, "k_slot_id": sid}
-                statements.execute(conn, st.update_slot_state, {**change_values(final), **key})
-            elif stored[sid] is None:
-                statements.execute(conn, st.insert_slot, view_values(final))
+                changed.append({**change_values(final), **key})
+            elif sid not in stored:
+                inserted.append(view_values(final))
             else:  # a new attempt: the whole row changes
-                statements.execute(conn, st.update_slot, keyed(final, view_values(final)))
+                rewritten.append(keyed(final, view_values(final)))
+        statements.execute_many(conn, st.update_slot_state, changed)
+        statements.execute_many(conn, st.insert_slot, inserted)
+        statements.execute_many(conn, st.update_slot, rewritten)
         return Applied(appended, after)
+
+    def _append(self, conn: Connection, drafts: Sequence[dict[str, Any]]) -> list[Event]:
+        """Insert the drafts' events in order; return them as appended (with their seq)."""
+        st = self._sql
+        if len(drafts) == 1:  # one event: the database's own default, no reservation
+            (draft,) = drafts
+            seq = statements.insert_returning_id(
+                conn, st.insert_event, event_values(Event(**draft))
+            )
+            return [Event(**draft, seq=seq)]
+        if not drafts:
+            return []
+        if st.lastrowid:
+            ((highest,),) = statements.fetch_all(conn, st.reserve_seqs, {})
+            first = int(highest or 0) + 1
+            seqs = list(range(first, first + len(drafts)))
+        else:
+            rows = statements.fetch_all(conn, st.reserve_seqs, {"n": len(drafts)})
+            # A sequence hands out increasing values: sorted, they follow the drafts'
+            # order, so seq order is decision order.
+            seqs = sorted(int(seq) for (seq,) in rows)
+        events = [Event(**draft, seq=seq) for draft, seq in zip(drafts, seqs, strict=True)]
+        statements.execute_many(
+            conn, st.insert_events, [{**event_values(e), "seq": e.seq} for e in events]
+        )
+        return events
 
     def load_head(self, conn: Connection, slot_id: str) -> _Head | None:
         """What a transition needs of one stored slot, locked for this transaction."""
@@ -181,10 +262,25 @@ class Transitions:
         rows = statements.fetch_all(
             conn, st.select_head, {"identifier": self.identifier, "slot_id": slot_id}
         )
-        if not rows:
-            return None
-        state, attempt, agent_id, started_at, summary, reason = rows[0]
-        reader = st.head_readers[3]
+        return self._head(rows[0]) if rows else None
+
+    def load_heads(self, conn: Connection, slot_ids: Sequence[str]) -> dict[str, _Head]:
+        """:meth:`load_head` of many slots (those stored), in one query per chunk."""
+        if len(slot_ids) == 1:
+            head = self.load_head(conn, slot_ids[0])
+            return {slot_ids[0]: head} if head is not None else {}
+        st = self._sql
+        heads: dict[str, _Head] = {}
+        for chunk in statements.padded(slot_ids):
+            values = {f"slot_{i}": sid for i, sid in enumerate(chunk)}
+            values["identifier"] = self.identifier
+            for slot_id, *head in statements.fetch_all(conn, st.select_heads[len(chunk)], values):
+                heads[slot_id] = self._head(head)
+        return heads
+
+    def _head(self, row: Sequence[Any]) -> _Head:
+        state, attempt, agent_id, started_at, summary, reason = row
+        reader = self._sql.head_readers[3]
         return _Head(
             state_of(state),
             int(attempt),
@@ -194,14 +290,33 @@ class Transitions:
             reason,
         )
 
+    def _current_of_agents(self, conn: Connection, agents: Sequence[str]) -> dict[str, list[str]]:
+        """Each of ``agents``' stored current slots (every agent named has an entry)."""
+        found: dict[str, list[str]] = {agent: [] for agent in agents}
+        if not agents:
+            return found
+        st = self._sql
+        states = {f"current_{i}": s for i, s in enumerate(_CURRENT)}
+        for chunk in statements.padded(agents):
+            values = {f"agent_{i}": agent for i, agent in enumerate(chunk)}
+            values.update(states, identifier=self.identifier)
+            for agent_id, slot_id in statements.fetch_all(
+                conn, st.current_of_agents[len(chunk)], values
+            ):
+                found[agent_id].append(slot_id)
+        return found
+
     def _decide(
         self,
         conn: Connection,
         request: TransitionRequest,
         heads: Mapping[str, _Head],
         current: Mapping[str, str],
+        busy: Mapping[str, list[str]],
         now: datetime,
-    ) -> Event:
+    ) -> dict[str, Any]:
+        """The event ``request`` appends (as :class:`Event` fields, but its id and seq),
+        judged against ``heads``; raises one of :data:`REFUSALS` if it does not fit."""
         head = heads.get(request.slot_id)
         if request.trigger is Trigger.receive:
             if request.slot is None or request.slot.id != request.slot_id:
@@ -228,24 +343,23 @@ class Transitions:
             agent_id, attempt, payload = head.agent_id, head.attempt, dict(request.payload)
         if step.state_to in CURRENT_STATES and state not in CURRENT_STATES:
             # At most one current slot per agent: the journal enforces it, not only callers.
-            busy = self._current_for_agent(conn, agent_id, heads, current, request.slot_id)
-            if busy is not None:
-                raise AgentBusyError(agent_id, busy)
-        return Event(
-            event_id=str(uuid.uuid4()),
-            identifier=self.identifier,
-            slot_id=request.slot_id,
-            attempt=attempt,
-            agent_id=agent_id,
-            kind=request.trigger,
-            actor=request.actor,
-            state_from=step.state_from,
-            state_to=step.state_to,
-            recorded_at=now,
-            summary=request.summary,
-            reason=request.reason,
-            payload=payload,
-        )
+            taken = self._current_for_agent(conn, agent_id, heads, current, busy, request.slot_id)
+            if taken is not None:
+                raise AgentBusyError(agent_id, taken)
+        return {
+            "identifier": self.identifier,
+            "slot_id": request.slot_id,
+            "attempt": attempt,
+            "agent_id": agent_id,
+            "kind": request.trigger,
+            "actor": request.actor,
+            "state_from": step.state_from,
+            "state_to": step.state_to,
+            "recorded_at": now,
+            "summary": request.summary,
+            "reason": request.reason,
+            "payload": payload,
+        }
 
     def _current_for_agent(
         self,
@@ -253,20 +367,18 @@ class Transitions:
         agent_id: str,
         heads: Mapping[str, _Head],
         current: Mapping[str, str],
+        busy: Mapping[str, list[str]],
         exclude: str,
     ) -> str | None:
         # Slots already touched in this batch are judged by their in-batch state.
         mine = current.get(agent_id)
         if mine is not None and mine != exclude:
             return mine
-        values = {
-            "identifier": self.identifier,
-            "agent_id": agent_id,
-            "slot_id": exclude,
-            **{f"current_{i}": s for i, s in enumerate(_CURRENT)},
-        }
-        for (slot_id,) in statements.fetch_all(conn, self._sql.current_of_agent, values):
-            if slot_id not in heads:
+        stored = busy.get(agent_id)
+        if stored is None:  # not read ahead (a receive's agent): ask now
+            stored = self._current_of_agents(conn, [agent_id])[agent_id]
+        for slot_id in stored:
+            if slot_id != exclude and slot_id not in heads:
                 return str(slot_id)
         return None
 

@@ -26,6 +26,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from calsched.errors import JournalUnavailableError
+from calsched.journal.availability import Availability
 from calsched.journal.engine import writing
 from calsched.journal.store import REFUSALS
 
@@ -113,6 +115,8 @@ class GroupWriter:
         #: Transactions committed and the work they carried, for metrics and tests.
         self.groups = 0
         self.items = 0
+        #: Says once when writes start failing for a passing fault, and when they recover.
+        self.availability = Availability()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -210,10 +214,13 @@ class GroupWriter:
         self.items += 1
         return (item, True, result)
 
-    @staticmethod
-    def _settle(outcomes: list[tuple[_Item[Any], bool, Any]]) -> None:
+    def _settle(self, outcomes: list[tuple[_Item[Any], bool, Any]]) -> None:
         by_post: defaultdict[Post, list[Any]] = defaultdict(list)
         for item, ok, value in outcomes:
+            if isinstance(value, JournalUnavailableError):
+                self.availability.failed(value)
+            elif ok:
+                self.availability.committed()
             if item.future is not None:
                 if ok:
                     item.future.set_result(value)

@@ -14,7 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from calsched.errors import InvalidTransitionError, SlotNotFoundError, WakeFailedError
+from calsched.errors import (
+    InvalidTransitionError,
+    JournalError,
+    SlotNotFoundError,
+    WakeFailedError,
+)
 from calsched.journal import TransitionRequest
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger
@@ -23,9 +28,12 @@ from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.settings import SchedulerSettings
 
-__all__ = ["Dispatcher"]
+__all__ = ["INTAKE_CHUNK", "Dispatcher"]
 
 log = logging.getLogger("calsched.scheduler")
+
+#: Requests one intake commit takes at most (see :meth:`Dispatcher.intake`).
+INTAKE_CHUNK = 2_000
 
 
 class Dispatcher:
@@ -56,6 +64,8 @@ class Dispatcher:
         self._pumping: set[str] = set()
         self._repump: set[str] = set()
         self._wakes: set[asyncio.Task[None]] = set()
+        # The counter child every wake increments, looked up once.
+        self._woken = metrics.wakes.labels("ok")
 
     @property
     def wakes(self) -> list[asyncio.Task[None]]:
@@ -95,14 +105,69 @@ class Dispatcher:
             done = await self._gateway.commit_tolerant(requests) if requests else set()
         finally:
             self._pumping.difference_update(mine)
-        for request in requests:
-            view = self._live.get(request.slot_id)
-            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
-                self.spawn_wake(view, recovering=False)
+        self._wake_dispatched(requests, done)
         again = [a for a in mine if a in self._repump]
         if again:
             self._repump.difference_update(again)
             await self.pump_many(again, actor=actor)
+
+    async def intake(self, requests: Sequence[TransitionRequest], agents: Sequence[str]) -> None:
+        """Commit a heartbeat's intake ``requests``, then pump ``agents``.
+
+        An agent with no live slot whose only requests here are receives is dispatched
+        in the same commit: its oldest new slot (they all share the commit's receive
+        time, so the live view orders them by id). A burst of new agents thus costs one
+        commit, not a receive commit and then a dispatch commit. The journal still
+        decides each dispatch after its receive, and refuses a second current slot.
+
+        A large intake goes in commits of :data:`INTAKE_CHUNK` requests, in order: one
+        transaction of 100,000 slots would hold the database's write lock for seconds,
+        and its first wakes can start while the next chunk is written.
+        """
+        again: list[str] = []
+        for start in range(0, len(requests), INTAKE_CHUNK):
+            again += await self._intake_chunk(requests[start : start + INTAKE_CHUNK])
+        await self.pump_many([*agents, *again])
+
+    async def _intake_chunk(self, requests: Sequence[TransitionRequest]) -> list[str]:
+        first: dict[str, str] = {}
+        barred: set[str] = set(self._pumping)
+        for request in requests:
+            if request.trigger is Trigger.receive and request.slot is not None:
+                agent_id = request.slot.agent_id
+                if agent_id not in first or request.slot_id < first[agent_id]:
+                    first[agent_id] = request.slot_id
+            else:
+                view = self._live.get(request.slot_id)
+                if view is None:  # whose agent, unknown here: no dispatch in this commit
+                    first.clear()
+                    break
+                barred.add(view.agent_id)
+        starting = (
+            []
+            if self.stopped
+            else [a for a in first if a not in barred and not self._live.of_agent(a)]
+        )
+        starts = [
+            TransitionRequest(first[agent_id], Trigger.dispatch, Actor.scheduler)
+            for agent_id in starting
+        ]
+        self._pumping.update(starting)
+        try:
+            done = await self._gateway.commit_tolerant([*requests, *starts])
+        finally:
+            self._pumping.difference_update(starting)
+        self._wake_dispatched(starts, done)
+        again = [a for a in starting if a in self._repump]
+        self._repump.difference_update(again)
+        return again
+
+    def _wake_dispatched(self, requests: Sequence[TransitionRequest], done: set[str]) -> None:
+        # Journal first: only a dispatch that committed (the view says so) is woken.
+        for request in requests:
+            view = self._live.get(request.slot_id)
+            if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
+                self.spawn_wake(view, recovering=False)
 
     def spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
         """Wake the agent of ``view`` (a dispatching slot) in a task of its own."""
@@ -128,7 +193,7 @@ class Dispatcher:
             try:
                 async with asyncio.timeout(self.settings.wake_timeout_s):
                     await self.host.wake_agent(request)
-                self.metrics.wakes.labels("ok").inc()
+                self._woken.inc()
             except WakeFailedError as exc:
                 failure = str(exc)
             except TimeoutError:
@@ -150,13 +215,19 @@ class Dispatcher:
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
     ) -> None:
         try:
-            await self._gateway.commit(
-                [
-                    TransitionRequest(
-                        view.slot_id, trigger, actor, reason=reason, attempt=view.attempt
-                    )
-                ]
+            # Wakes ending together share one write: each outcome is still its own.
+            await self._gateway.settle(
+                TransitionRequest(view.slot_id, trigger, actor, reason=reason, attempt=view.attempt)
             )
         except (InvalidTransitionError, SlotNotFoundError) as exc:
             # The slot moved on while the wake was in flight (aborted, superseded).
             log.info("slot %s: %s not recorded: %s", view.slot_id, trigger, exc)
+        except JournalError as exc:
+            # The wake happened; the journal still says dispatching, so the next start
+            # wakes it again (the documented extra wake) rather than losing it.
+            log.warning(
+                "slot %s: %s not recorded (%s); it stays dispatching until the next start",
+                view.slot_id,
+                trigger,
+                exc,
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -20,10 +20,12 @@ from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFound
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.store import Applied
 from calsched.journal.writer import GroupWriter, Work
+from calsched.scheduler.coalesce import Coalescer, Outcome
 
 __all__ = ["JournalGateway"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger("calsched.scheduler")
 
 
@@ -48,6 +50,18 @@ class JournalGateway:
         self.writer = GroupWriter(journal.engine, check=journal.check_fence)
         # Reads never queue behind the writer; WAL lets them run beside a commit.
         self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="calsched-read")
+        self._coalescers: list[Coalescer[Any, Any]] = []
+        #: Transitions settled one per caller, committed in batches (:meth:`settle`).
+        self.settler = self.coalescer(self._settle_batch)
+
+    def coalescer(
+        self, flush: Callable[[list[T]], Awaitable[Sequence[Outcome[R]]]]
+    ) -> Coalescer[T, R]:
+        """A :class:`Coalescer` whose batches :meth:`close` waits for: a batch handed in
+        before closing is written before the writer stops."""
+        made: Coalescer[T, R] = Coalescer(flush)
+        self._coalescers.append(made)
+        return made
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a journal read on a reader thread."""
@@ -67,11 +81,45 @@ class JournalGateway:
     async def commit_work(self, work: Work[Applied]) -> Applied:
         """Commit ``work``; its :class:`Applied` reaches ``on_applied`` whatever the caller
         does meanwhile."""
-        future = self._submit(work)
-        future.add_done_callback(self._applied)
-        applied = await asyncio.shield(future)
+        applied = await self._commit_quietly(work)
         self._after_commit()
         return applied
+
+    async def settle(self, request: TransitionRequest) -> Applied:
+        """Commit one transition in a batch with the others settled meanwhile.
+
+        For many independent callers whose transitions end together (wake outcomes):
+        their requests share one write pass (:meth:`Journal.apply_each_in`), and each
+        caller gets its own outcome: a refusal is raised to its caller alone, and the
+        rest commit. Returns the whole batch's :class:`Applied` (``Applied.view`` gives
+        the caller's slot).
+        """
+        applied = await self.settler(request)
+        self._after_commit()
+        return applied
+
+    async def _settle_batch(self, requests: list[TransitionRequest]) -> list[Outcome[Applied]]:
+        future = self._submit(partial(self.journal.apply_each_in, requests=requests))
+        future.add_done_callback(self._applied_each)
+        try:
+            applied, refusals = await asyncio.shield(future)
+        except Exception as exc:
+            # The batch rolled back (a database error): each request again in a write of
+            # its own, so each caller gets its own outcome.
+            log.info("batch of %d settles failed (%s); one by one", len(requests), exc)
+            return await asyncio.gather(
+                *(
+                    self._commit_quietly(partial(self.journal.apply_in, requests=[r]))
+                    for r in requests
+                ),
+                return_exceptions=True,
+            )
+        return [applied if refused is None else refused for refused in refusals]
+
+    async def _commit_quietly(self, work: Work[Applied]) -> Applied:
+        future = self._submit(work)
+        future.add_done_callback(self._applied)
+        return await asyncio.shield(future)
 
     async def commit_tolerant(self, requests: Sequence[TransitionRequest]) -> set[str]:
         """Commit a batch; if one request no longer fits, commit each on its own.
@@ -100,6 +148,8 @@ class JournalGateway:
 
     async def close(self) -> None:
         """Finish the queued writes, then stop the writer and the readers."""
+        for coalescer in self._coalescers:
+            await coalescer.drain()
         await asyncio.to_thread(self.writer.close)
         await asyncio.to_thread(self._reader.shutdown, True)
 
@@ -113,3 +163,8 @@ class JournalGateway:
         if future.cancelled() or future.exception() is not None:
             return
         self._on_applied(future.result())
+
+    def _applied_each(self, future: asyncio.Future[tuple[Applied, list[Exception | None]]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._on_applied(future.result()[0])

@@ -27,6 +27,7 @@ from calsched.model import (
     HeartbeatRequest,
     PluginInfo,
     Slot,
+    SlotState,
 )
 from calsched.ports import Backend, Host
 from calsched.scheduler.backoff import equal_jitter, exponential
@@ -164,7 +165,24 @@ class Heartbeat:
             log.warning("skipped an invalid slot from the backend: %s", bad.error)
         if response.slots_to_fire:
             await self._intake(response.slots_to_fire, sent_at)
+        await self._pump_stranded()
         return True
+
+    async def _pump_stranded(self) -> None:
+        """Dispatch pending slots of idle agents that nobody is pumping any more.
+
+        A dispatch that failed on the journal (a full disk, an I/O error) after its
+        slot's receive committed leaves it pending; no later event pumps its agent, so
+        each good beat does, and the slot goes out once the journal is back.
+        """
+        live = self._live
+        stranded = {
+            v.agent_id
+            for v in live.sorted()
+            if v.state is SlotState.pending and live.current(v.agent_id) is None
+        }
+        if stranded:
+            await self._dispatch.pump_many(sorted(stranded))
 
     def _failed(self, error: str, *, key_refused: bool = False, unexpected: bool = False) -> None:
         self.failures += 1
@@ -205,5 +223,5 @@ class Heartbeat:
         )
         if not requests:
             return
-        await self._gateway.commit_tolerant(requests)
-        await self._dispatch.pump_many(sorted({s.agent_id for s in fresh}))
+        # Received, and the new slots of idle agents dispatched, in one commit.
+        await self._dispatch.intake(requests, sorted({s.agent_id for s in fresh}))

@@ -28,6 +28,7 @@ from calsched.errors import (
     BackendRejectedError,
     BackendUnavailableError,
     JournalError,
+    JournalUnavailableError,
 )
 from calsched.journal import Journal, OutboxRow
 from calsched.journal.store import OutboxCounts
@@ -35,6 +36,7 @@ from calsched.metrics import Metrics
 from calsched.model import SlotState, SlotUpdate
 from calsched.ports import Backend
 from calsched.scheduler.backoff import equal_jitter, exponential
+from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
 from calsched.settings import SchedulerSettings
 
@@ -88,6 +90,8 @@ class OutboxWorker:
         #: While the journal fails: how many marks failed in a row, and until when to wait.
         self._journal_failures = 0
         self._held_until: datetime | None = None
+        #: Deliveries ending together have their rows marked in one write.
+        self.marker: Coalescer[int, None] = gateway.coalescer(self._mark_delivered)
 
     def kick(self) -> None:
         """Something new is due: pass now rather than at the next poll."""
@@ -226,6 +230,12 @@ class OutboxWorker:
             )
         )
         self._held_until = self._clock() + timedelta(seconds=wait)
+        said = self._gateway.writer.availability.cause is not None
+        if isinstance(exc, JournalUnavailableError) and said:
+            # The journal writer said what is wrong once for the whole episode; here the
+            # backoff alone is news.
+            log.debug("%s; outbox deliveries held, next try in %.1fs", exc, wait)
+            return
         what = (
             f"journal unavailable: {exc}"
             if isinstance(exc, JournalError)
@@ -284,7 +294,24 @@ class OutboxWorker:
             return
         self._failpoint("after_outbox_send")
         self._report_key(False)
-        await self._gateway.write(lambda conn: self.journal.mark_delivered_in(conn, row.id))
+        await self.marker(row.id)
+
+    async def _mark_delivered(self, row_ids: list[int]) -> list[Outcome[None]]:
+        try:
+            await self._gateway.write(
+                lambda conn: self.journal.mark_delivered_many_in(conn, row_ids)
+            )
+        except Exception:
+            # The batch rolled back (a database error): each row in a write of its own,
+            # so each delivery gets its own outcome.
+            return await asyncio.gather(
+                *(
+                    self._gateway.write(partial(self.journal.mark_delivered_in, row_id=row_id))
+                    for row_id in row_ids
+                ),
+                return_exceptions=True,
+            )
+        return [None] * len(row_ids)
 
     async def _mark_dead(self, row: OutboxRow, error: str) -> None:
         await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))

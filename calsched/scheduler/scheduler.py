@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
@@ -145,10 +145,13 @@ class Scheduler:
     def _absorb(self, applied: Applied) -> None:
         """Take committed views into the live view, history and metrics."""
         outbox = False
+        kinds: Counter[str] = Counter()
         for event in applied.events:
-            self.metrics.transitions.labels(event.kind.value).inc()
+            kinds[event.kind.value] += 1
             if notifies_backend(event.kind, event.state_to):
                 outbox = True
+        for kind, count in kinds.items():  # one labels() lookup per kind, not per event
+            self.metrics.transitions.labels(kind).inc(count)
         self._history.extend(HistoryEntry.from_view(v) for v in self._live.absorb(applied))
         self.metrics.active_slots.set(len(self._live))
         if outbox:
