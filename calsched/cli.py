@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from calsched import __version__
-from calsched.commands import calendar, control, journal
+from calsched.commands import calendar, control, journal, mcp
 from calsched.commands.common import EXIT_ERROR, EXIT_USAGE, CliState, config_of, fail
 from calsched.daemon import EXIT_RESTART, run_daemon
 from calsched.errors import CalschedError
@@ -231,6 +231,7 @@ app.command()(control.abort)
 app.command()(control.pause)
 app.command()(control.resume)
 app.command()(control.status)
+app.command()(mcp.mcp)
 slots_app.command("add")(calendar.slots_add)
 slots_app.command("list")(calendar.slots_list)
 backend_app.command("serve")(calendar.backend_serve)

@@ -16,6 +16,14 @@ Every request goes through, in this order:
    types and ``summary``/``reason`` at most ``max_field`` UTF-8 bytes (422 ``invalid``).
    Unknown fields are ignored. ``slot_id``, if given, fences the call to that slot: a
    call for a slot that is no longer current is 409 ``stale_slot``.
+5. the **Idempotency-Key** (POST, optional, 1 to 256 characters): a repeat by the same
+   agent with the same key answers as the first call did and changes nothing (the answer
+   is kept in the journal database with the change, :mod:`calsched.journal.idempotency`);
+   the same key on a different request is 422 ``invalid``.
+
+A call with the admin token is journaled with actor ``operator``, an agent token's with
+``agent``. ``GET /v1/agents/<id>/status`` is what an agent may see of the status: its own
+current slot and its recent history (:class:`~calsched.status.AgentStatus`).
 
 Errors are ``{"error": code, "message": text}``. Errors of the tools map to
 ``no_active_slot`` 404, ``invalid_transition`` 409, ``stale_slot`` 409 and ``invalid``
@@ -27,6 +35,7 @@ the client). Tokens are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -56,10 +65,11 @@ from calsched.errors import (
     NoActiveSlotError,
     StaleSlotError,
 )
+from calsched.journal.idempotency import MAX_KEY_CHARS, ToolKey
 from calsched.metrics import CONTENT_TYPE, Metrics
-from calsched.model import MAX_ID_CHARS, Id, SlotView, parse
+from calsched.model import MAX_ID_CHARS, Actor, Id, SlotView, parse
 from calsched.ports import SlotTools
-from calsched.status import SlotEntry
+from calsched.status import AgentStatus, SlotEntry
 from calsched.tokens import MIN_SECRET_BYTES, agent_of_token, verify_admin_token
 
 __all__ = [
@@ -194,6 +204,7 @@ class _ControlApi:
         self.metrics = metrics
         self.max_body = max_body
         self.max_field = max_field
+        self._locks: dict[tuple[str, str], _KeyLock] = {}
 
     # -- who is calling -------------------------------------------------------------------
 
@@ -284,29 +295,101 @@ class _ControlApi:
         agent_id = self._agent(request)
         return _slot_answer(await self.tools.current_slot(agent_id))
 
-    async def complete(self, request: Request) -> Response:
+    async def agent_status(self, request: Request) -> Response:
         agent_id = self._agent(request)
-        body = await self._body(request, _CompleteBody)
-        view = await self.tools.complete(agent_id, body.summary, slot_id=body.slot_id)
-        return _slot_answer(view)
+        return JSONResponse(AgentStatus.of(self.tools.status(), agent_id).to_wire())
+
+    async def complete(self, request: Request) -> Response:
+        return await self._once(request, "complete", _CompleteBody, self._complete)
 
     async def abort(self, request: Request) -> Response:
-        agent_id = self._agent(request)
-        body = await self._body(request, _ReasonBody)
-        view = await self.tools.abort(agent_id, body.reason, slot_id=body.slot_id)
-        return _slot_answer(view)
+        return await self._once(request, "abort", _ReasonBody, self._abort)
 
     async def pause(self, request: Request) -> Response:
-        agent_id = self._agent(request)
-        body = await self._body(request, _ReasonBody)
-        view = await self.tools.pause(agent_id, body.reason, slot_id=body.slot_id)
-        return _slot_answer(view)
+        return await self._once(request, "pause", _ReasonBody, self._pause)
 
     async def resume(self, request: Request) -> Response:
+        return await self._once(request, "resume", _Body, self._resume)
+
+    async def _complete(self, call: _Call, body: _CompleteBody) -> SlotView:
+        return await self.tools.complete(
+            call.agent_id, body.summary, slot_id=body.slot_id, key=call.key, actor=call.actor
+        )
+
+    async def _abort(self, call: _Call, body: _ReasonBody) -> SlotView:
+        return await self.tools.abort(
+            call.agent_id, body.reason, slot_id=body.slot_id, key=call.key, actor=call.actor
+        )
+
+    async def _pause(self, call: _Call, body: _ReasonBody) -> SlotView:
+        return await self.tools.pause(
+            call.agent_id, body.reason, slot_id=body.slot_id, key=call.key, actor=call.actor
+        )
+
+    async def _resume(self, call: _Call, body: _Body) -> SlotView:
+        return await self.tools.resume(
+            call.agent_id, slot_id=body.slot_id, key=call.key, actor=call.actor
+        )
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    async def _once(
+        self,
+        request: Request,
+        route: str,
+        model: type[_B],
+        tool: Callable[[_Call, _B], Awaitable[SlotView]],
+    ) -> Response:
+        """Run one tool call, or answer a repeat of its ``Idempotency-Key`` as first.
+
+        The key is kept by the scheduler in the transaction of the change; a per-key lock
+        keeps two concurrent repeats from both deciding (the second waits, then finds the
+        first's answer). A call that was refused changed nothing and keeps no answer.
+        """
         agent_id = self._agent(request)
-        body = await self._body(request, _Body)
-        view = await self.tools.resume(agent_id, slot_id=body.slot_id)
-        return _slot_answer(view)
+        actor = Actor.operator if self._caller(request).admin else Actor.agent
+        body = await self._body(request, model)
+        raw_key = request.headers.get("idempotency-key")
+        if raw_key is None:
+            return _slot_answer(await tool(_Call(agent_id, actor, None), body))
+        if not 1 <= len(raw_key) <= MAX_KEY_CHARS:
+            raise _ApiError(422, "invalid", f"Idempotency-Key: 1 to {MAX_KEY_CHARS} characters")
+        key = ToolKey.of(raw_key, route, actor.value, body.model_dump(mode="json"))
+        lock = self._locks.setdefault((agent_id, raw_key), _KeyLock())
+        lock.users += 1
+        try:
+            async with lock.lock:
+                kept = await self.tools.recall(agent_id, raw_key)
+                if kept is not None:
+                    if kept.fingerprint != key.fingerprint:
+                        raise _ApiError(
+                            422,
+                            "invalid",
+                            "Idempotency-Key: already used for a different request",
+                        )
+                    return JSONResponse(kept.body, status_code=kept.status)
+                return _slot_answer(await tool(_Call(agent_id, actor, key), body))
+        finally:
+            lock.users -= 1
+            if lock.users == 0:
+                del self._locks[(agent_id, raw_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Who a tool call is for, who makes it, and its key (if it carries one)."""
+
+    agent_id: str
+    actor: Actor
+    key: ToolKey | None
+
+
+class _KeyLock:
+    """One key's lock and how many calls hold or wait for it (dropped at zero)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 def _slot_answer(view: SlotView) -> Response:
@@ -380,6 +463,7 @@ def create_control_app(
         Route("/healthz", _endpoint(api.healthz), methods=["GET"]),
         Route("/v1/status", _endpoint(api.status), methods=["GET"]),
         Route("/metrics", _endpoint(api.metrics_text), methods=["GET"]),
+        Route("/v1/agents/{agent_id:path}/status", _endpoint(api.agent_status), methods=["GET"]),
         Route(agent, _endpoint(api.slot), methods=["GET"]),
         Route(f"{agent}/complete", _endpoint(api.complete), methods=["POST"]),
         Route(f"{agent}/abort", _endpoint(api.abort), methods=["POST"]),

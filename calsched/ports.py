@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from calsched.journal.idempotency import Remembered, ToolKey
 from calsched.model import (
+    Actor,
     AgentReport,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -102,7 +104,9 @@ class SlotTools(Protocol):
     """The agents' tools, as the scheduler serves them to the control API and the CLI.
 
     ``slot_id``, when given, must be the agent's current slot (generation fencing), or
-    :class:`~calsched.errors.StaleSlotError` is raised.
+    :class:`~calsched.errors.StaleSlotError` is raised. ``key``, when given, is kept with
+    the change in its transaction, for :meth:`recall` to answer a repeat; ``actor`` is
+    who the journal records (``operator`` for a call with the admin token).
     """
 
     async def current_slot(self, agent_id: str) -> SlotView:
@@ -110,25 +114,54 @@ class SlotTools(Protocol):
         ...
 
     async def complete(
-        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        summary: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Complete the agent's current slot."""
         ...
 
     async def abort(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        reason: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Abort the agent's current slot."""
         ...
 
     async def pause(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        reason: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Pause the agent's current slot."""
         ...
 
-    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+    async def resume(
+        self,
+        agent_id: str,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
+    ) -> SlotView:
         """Resume the agent's paused slot."""
+        ...
+
+    async def recall(self, agent_id: str, key: str) -> Remembered | None:
+        """The answer kept for ``agent_id``'s call under ``key``; ``None`` if none is."""
         ...
 
     def status(self) -> SchedulerStatus:

@@ -16,9 +16,10 @@ from typing import Annotated, Literal
 
 from pydantic import PlainSerializer
 
-from calsched.model import Slot, SlotState, SlotView, WireModel, format_time
+from calsched.model import CURRENT_STATES, Slot, SlotState, SlotView, WireModel, format_time
 
 __all__ = [
+    "AgentStatus",
     "BackendHealth",
     "HistoryEntry",
     "LeaseStatus",
@@ -137,3 +138,32 @@ class SchedulerStatus(WireModel):
     restart_pending: bool = False
     #: ``None`` for a scheduler run without a lease (a library user, the tests).
     lease: LeaseStatus | None = None
+
+
+class AgentStatus(WireModel):
+    """What one agent may see of the status (``GET /v1/agents/<id>/status``, the
+    ``calendar_status`` tool): its own current slot, if any, and its recent ended slots,
+    newest first. Other agents' slots, the backend and the outbox are the operator's.
+
+    Example: ``AgentStatus.of(status, "bob").current is None``
+    """
+
+    agent_id: str
+    identifier: str
+    current: SlotEntry | None = None
+    #: The agent's other live slots (waiting for their turn), oldest first.
+    waiting: list[SlotEntry] = []
+    history: list[HistoryEntry] = []
+
+    @classmethod
+    def of(cls, status: SchedulerStatus, agent_id: str) -> AgentStatus:
+        """The part of ``status`` that belongs to ``agent_id``."""
+        mine = [e for e in status.active if e.slot.agent_id == agent_id]
+        current = next((e for e in mine if e.state in CURRENT_STATES), None)
+        return cls(
+            agent_id=agent_id,
+            identifier=status.identifier,
+            current=current,
+            waiting=[e for e in mine if e is not current],
+            history=[h for h in status.history if h.agent_id == agent_id],
+        )

@@ -46,6 +46,7 @@ COMMANDS: list[tuple[str, ...]] = [
     ("pause",),
     ("resume",),
     ("status",),
+    ("mcp",),
     ("slots",),
     ("slots", "add"),
     ("slots", "list"),
@@ -605,3 +606,43 @@ def test_journal_commands_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPat
     assert json.loads(cli("history", "-f", "json").stdout) == []
     assert json.loads(cli("events", "--json").stdout) == []
     assert "ok:" in cli("journal", "verify").stdout
+
+
+# -- calsched mcp: the token comes from the environment or a file --------------------------
+
+
+def test_mcp_without_a_token_is_a_usage_error(env: Path) -> None:
+    """No CALSCHED_TOKEN and no token file: one line saying how to give one."""
+    line = error_line(cli("mcp", "--agent", "bob", code=2))
+    assert "CALSCHED_TOKEN" in line
+    assert "--token-file" in line
+
+
+def test_mcp_refuses_the_admin_token(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin token would act as operator: calsched mcp takes agent tokens only."""
+    from calsched.tokens import admin_token
+
+    monkeypatch.setenv("CALSCHED_TOKEN", admin_token(b"s" * 32))
+    assert "not an agent token" in error_line(cli("mcp", "--agent", "bob", code=2))
+
+
+@pytest.mark.parametrize(("content", "expected"), [(None, "cannot read"), ("", "is empty")])
+def test_mcp_token_file_problems_are_one_line(
+    env: Path, content: str | None, expected: str
+) -> None:
+    """A missing or empty token file is named in one error line."""
+    path = env / "bob.token"
+    if content is not None:
+        path.write_text(content)
+    line = error_line(cli("mcp", "--agent", "bob", "--token-file", str(path), code=2))
+    assert expected in line
+    assert str(path) in line
+
+
+def test_mcp_token_is_read_from_the_file_when_the_environment_has_none(env: Path) -> None:
+    """The token file's content, stripped, is the token."""
+    from calsched.commands.mcp import _token
+
+    path = env / "bob.token"
+    path.write_text("agent.Ym9i.mac\n")
+    assert _token(path) == "agent.Ym9i.mac"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -24,8 +25,9 @@ from calsched.errors import (
     NoActiveSlotError,
     StaleSlotError,
 )
+from calsched.journal.idempotency import Remembered
 from calsched.metrics import CONTENT_TYPE, Metrics
-from calsched.model import Slot, SlotState, SlotView
+from calsched.model import Actor, Slot, SlotState, SlotView, utcnow
 from calsched.status import SchedulerStatus, SlotEntry
 from calsched.tokens import admin_token, agent_token
 
@@ -61,6 +63,22 @@ class FakeTools:
         self.slots: dict[str, SlotView] = {}
         self.calls: list[tuple[str, str, str | None, str | None]] = []
         self.fail_with: Exception | None = None
+        #: The actor and key of every tool call, and the answers kept under keys.
+        self.actors: list[Actor] = []
+        self.kept: dict[tuple[str, str], Remembered] = {}
+
+    def _keep(self, agent_id: str, opts: dict[str, Any], view: SlotView) -> SlotView:
+        """Record the actor; keep the answer under the call's key, as the scheduler does."""
+        self.actors.append(opts.get("actor", Actor.agent))
+        key = opts.get("key")
+        if key is not None:
+            body = SlotEntry.from_view(view).to_wire()
+            self.kept[(agent_id, key.key)] = Remembered(key.fingerprint, 200, body, utcnow())
+        return view
+
+    async def recall(self, agent_id: str, key: str) -> Remembered | None:
+        self.calls.append(("recall", agent_id, key, None))
+        return self.kept.get((agent_id, key))
 
     def _current(self, agent_id: str, slot_id: str | None) -> SlotView:
         if self.fail_with is not None:
@@ -92,33 +110,37 @@ class FakeTools:
         return self._current(agent_id, None)
 
     async def complete(
-        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         self.calls.append(("complete", agent_id, summary, slot_id))
         live = {SlotState.in_progress, SlotState.paused}
-        return self._move(
+        view = self._move(
             agent_id, slot_id, "complete", live, state=SlotState.completed, summary=summary
         )
+        return self._keep(agent_id, kw, view)
 
     async def abort(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         self.calls.append(("abort", agent_id, reason, slot_id))
         live = {SlotState.dispatching, SlotState.in_progress, SlotState.paused}
-        return self._move(agent_id, slot_id, "abort", live, state=SlotState.aborted, reason=reason)
+        view = self._move(agent_id, slot_id, "abort", live, state=SlotState.aborted, reason=reason)
+        return self._keep(agent_id, kw, view)
 
     async def pause(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         self.calls.append(("pause", agent_id, reason, slot_id))
         live = {SlotState.in_progress}
-        return self._move(agent_id, slot_id, "pause", live, state=SlotState.paused, reason=reason)
+        view = self._move(agent_id, slot_id, "pause", live, state=SlotState.paused, reason=reason)
+        return self._keep(agent_id, kw, view)
 
-    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+    async def resume(self, agent_id: str, *, slot_id: str | None = None, **kw: Any) -> SlotView:
         self.calls.append(("resume", agent_id, None, slot_id))
-        return self._move(
+        view = self._move(
             agent_id, slot_id, "resume", {SlotState.paused}, state=SlotState.in_progress
         )
+        return self._keep(agent_id, kw, view)
 
     def status(self) -> SchedulerStatus:
         self.calls.append(("status", "", None, None))
@@ -712,3 +734,156 @@ async def test_agent_id_with_a_slash_routes(tools: FakeTools, client: httpx.Asyn
     )
     assert done.status_code == 200
     assert tools.calls[-1] == ("complete", "team/alice", "ok", None)
+
+
+# -- Idempotency-Key, the operator, the agent's status ------------------------------------
+
+
+async def test_repeat_with_the_same_key_answers_as_first_and_calls_once(
+    client: httpx.AsyncClient, tools: FakeTools
+) -> None:
+    """A repeat of a keyed POST gets the first status and body; the tool ran once."""
+    headers = {**auth(ALICE), "Idempotency-Key": "k-1"}
+    first = await client.post("/v1/agents/alice/slot/pause", json={"reason": "x"}, headers=headers)
+    again = await client.post("/v1/agents/alice/slot/pause", json={"reason": "x"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert [c[0] for c in tools.calls].count("pause") == 1
+    # Without the key the same call is decided again (and refused: already paused).
+    plain = await client.post(
+        "/v1/agents/alice/slot/pause", json={"reason": "x"}, headers=auth(ALICE)
+    )
+    assert plain.status_code == 409
+
+
+async def test_same_key_on_a_different_request_is_422(
+    client: httpx.AsyncClient, tools: FakeTools
+) -> None:
+    """A key reused for another body or route is refused, and nothing runs."""
+    headers = {**auth(ALICE), "Idempotency-Key": "k-2"}
+    await client.post("/v1/agents/alice/slot/pause", json={"reason": "x"}, headers=headers)
+    other_body = await client.post(
+        "/v1/agents/alice/slot/pause", json={"reason": "y"}, headers=headers
+    )
+    other_route = await client.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+    assert other_body.status_code == other_route.status_code == 422
+    assert "Idempotency-Key" in other_body.json()["message"]
+    assert [c[0] for c in tools.calls].count("resume") == 0
+
+
+async def test_keys_are_per_agent(client: httpx.AsyncClient, tools: FakeTools) -> None:
+    """Bob's call under alice's key is bob's own first call."""
+    await client.post(
+        "/v1/agents/alice/slot/pause", json={}, headers={**auth(ALICE), "Idempotency-Key": "k"}
+    )
+    bob = await client.post(
+        "/v1/agents/bob/slot/pause", json={}, headers={**auth(BOB), "Idempotency-Key": "k"}
+    )
+    assert bob.status_code == 200
+    assert bob.json()["slot"]["agent_id"] == "bob"
+
+
+@pytest.mark.parametrize("key", ["", "k" * 257])
+async def test_bad_key_length_is_422(client: httpx.AsyncClient, tools: FakeTools, key: str) -> None:
+    """A key must be 1 to 256 characters."""
+    headers = {**auth(ALICE), "Idempotency-Key": key}
+    response = await client.post("/v1/agents/alice/slot/pause", json={}, headers=headers)
+    assert response.status_code == 422
+    assert "pause" not in [c[0] for c in tools.calls]
+
+
+async def test_refused_call_keeps_no_answer(client: httpx.AsyncClient, tools: FakeTools) -> None:
+    """A refused keyed call changed nothing: its repeat is decided again."""
+    headers = {**auth(ALICE), "Idempotency-Key": "k-3"}
+    refused = await client.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+    assert refused.status_code == 409
+    assert tools.kept == {}
+
+
+async def test_admin_calls_act_as_operator(client: httpx.AsyncClient, tools: FakeTools) -> None:
+    """The admin token's tool calls carry actor operator; an agent token's, agent."""
+    await client.post("/v1/agents/alice/slot/pause", json={}, headers=auth(ADMIN))
+    await client.post("/v1/agents/bob/slot/pause", json={}, headers=auth(BOB))
+    assert tools.actors == [Actor.operator, Actor.agent]
+
+
+async def test_agent_status_shows_only_the_agents_own_slots(
+    client: httpx.AsyncClient, tools: FakeTools
+) -> None:
+    """GET /v1/agents/<id>/status: the agent's current slot; another's token is 403."""
+    status = SchedulerStatus(
+        identifier="host-a",
+        heartbeat_every_s=30,
+        active=[SlotEntry.from_view(v) for v in tools.slots.values()],
+    )
+    tools.status = lambda: status  # type: ignore[method-assign]
+    mine = await client.get("/v1/agents/alice/status", headers=auth(ALICE))
+    assert mine.status_code == 200
+    body = mine.json()
+    assert body["agent_id"] == "alice"
+    assert body["current"]["slot"]["id"] == "s-1"
+    assert body["waiting"] == []
+    assert body["history"] == []
+    other = await client.get("/v1/agents/bob/status", headers=auth(ALICE))
+    assert other.status_code == 403
+
+
+async def test_concurrent_repeats_of_a_key_run_the_tool_once(
+    client: httpx.AsyncClient, tools: FakeTools
+) -> None:
+    """Two requests with one key at once: the second waits for the first, then repeats it."""
+    headers = {**auth(ALICE), "Idempotency-Key": "k-c"}
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/agents/alice/slot/complete", json={"summary": "s"}, headers=headers)
+            for _ in range(2)
+        )
+    )
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert [c[0] for c in tools.calls].count("complete") == 1
+
+
+async def test_real_scheduler_journals_operator_and_keeps_keys(db_url: str) -> None:
+    """Over a real scheduler (both databases): the admin token's pause is journaled as
+    operator; a keyed resume repeated answers alike and adds one event."""
+    from sqlalchemy import select
+
+    from calsched.journal import Journal
+    from calsched.journal.schema import events
+    from calsched.scheduler import Scheduler
+    from calsched.settings import SchedulerSettings
+    from calsched.testing import InMemoryBackend, InMemoryHost
+
+    journal = Journal.open(db_url, "host-a", upgrade=True)
+    backend = InMemoryBackend()
+    backend.to_fire = [parse_slot("s-1", "alice")]
+    sched = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
+    try:
+        await sched.recover()
+        await sched.heartbeat_once()
+        await sched.idle()
+        app = create_control_app(sched, secret=SECRET)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            paused = await http.post("/v1/agents/alice/slot/pause", json={}, headers=auth(ADMIN))
+            assert paused.status_code == 200, paused.text
+            headers = {**auth(ALICE), "Idempotency-Key": "r-1"}
+            first = await http.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+            again = await http.post("/v1/agents/alice/slot/resume", json={}, headers=headers)
+        assert first.status_code == again.status_code == 200
+        assert again.json() == first.json()
+        with journal.engine.connect() as conn:
+            rows = conn.execute(select(events.c.kind, events.c.actor).order_by(events.c.seq)).all()
+        assert [tuple(r) for r in rows][-2:] == [("pause", "operator"), ("resume", "agent")]
+        assert [kind for kind, _ in rows].count("resume") == 1
+    finally:
+        await sched.stop()
+        journal.close()
+
+
+def parse_slot(slot_id: str, agent_id: str) -> Slot:
+    """A slot as a backend lists it."""
+    from calsched.model import parse
+
+    return parse(Slot, {"id": slot_id, "agent_id": agent_id, "title": "t"})

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "calsched.bodies",
     ),
     ("calsched.scheduler",),
-    ("calsched.backend", "calsched.host", "calsched.control", "calsched.testing"),
+    ("calsched.backend", "calsched.host", "calsched.control", "calsched.mcp", "calsched.testing"),
     (
         "calsched.config",
         "calsched.daemon",

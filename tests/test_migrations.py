@@ -23,7 +23,15 @@ from calsched.journal.schema import metadata
 from calsched.model import SlotState, SlotView
 
 REPO = Path(__file__).resolve().parent.parent
-OUR_TABLES = {"events", "slots", "outbox", "leases", "calendar_slots", "calendar_receipts"}
+OUR_TABLES = {
+    "events",
+    "slots",
+    "outbox",
+    "leases",
+    "idempotency_keys",
+    "calendar_slots",
+    "calendar_receipts",
+}
 OUR_VIEWS = {"slot_history", "active_slots"}
 Drive = Callable[..., SlotView]
 

@@ -19,6 +19,7 @@ from calsched.errors import (
     BackendRejectedError,
     BackendUnavailableError,
     InvalidTransitionError,
+    JournalError,
     NoActiveSlotError,
     StaleSlotError,
 )
@@ -766,3 +767,44 @@ async def test_a_large_intake_is_committed_in_chunks_in_order(
     host.heal()
     await sched.idle()
     assert sched.journal.verify() == []
+
+
+async def test_keyed_tool_call_keeps_its_answer_with_the_change(make: Factory) -> None:
+    """A keyed complete commits its event and its answer together; recall gives the body."""
+    from calsched.journal.idempotency import ToolKey
+
+    sched = make()
+    await sched.recover()
+    sched.backend.to_fire = [slot("s1")]  # type: ignore[attr-defined]
+    await beat(sched)
+    before = count_events(sched)
+    key = ToolKey.of("k-1", "complete", "operator", {"summary": "ok"})
+    done = await sched.complete("alice", "ok", key=key, actor=Actor.operator)
+    assert count_events(sched) == before + 1
+    kept = await sched.recall("alice", "k-1")
+    assert kept is not None
+    assert kept.fingerprint == key.fingerprint
+    assert kept.body["state"] == "completed"
+    assert kept.body["slot"]["id"] == done.slot_id
+    with sched.journal.engine.connect() as conn:
+        actor = conn.execute(select(events.c.actor).order_by(events.c.seq.desc())).scalar()
+    assert actor == "operator"
+
+
+async def test_a_key_that_cannot_be_kept_rolls_the_change_back(make: Factory) -> None:
+    """If the answer's row fails (a live duplicate), the transition does not commit."""
+    from calsched.journal.engine import writing
+    from calsched.journal.idempotency import IdempotencyStore, ToolKey
+
+    sched = make()
+    await sched.recover()
+    sched.backend.to_fire = [slot("s1")]  # type: ignore[attr-defined]
+    await beat(sched)
+    key = ToolKey.of("dup", "pause", "agent", {})
+    with writing(sched.journal.engine, "journal") as conn:
+        IdempotencyStore(sched.journal.engine, "host-a").remember_in(conn, "alice", key, 200, {})
+    before = count_events(sched)
+    with pytest.raises(JournalError):
+        await sched.pause("alice", key=key)
+    assert count_events(sched) == before
+    assert (await sched.current_slot("alice")).state is SlotState.in_progress

@@ -1,9 +1,11 @@
 """The agents' tools and the daemon's status, through the control API (protocol section 2).
 
 ``slot``, ``complete``, ``abort``, ``pause`` and ``resume`` send the agent token
-(``CALSCHED_TOKEN``, else computed from the control secret file); ``status`` sends the
-admin token. A protocol error (``{"error": ..., "message": ...}``) or no answer at all
-ends the command with one ``error:`` line and status 1. ``token`` prints tokens.
+(``CALSCHED_TOKEN``, else computed from the control secret file), or with
+``--as-operator`` the admin token (the journal then records actor ``operator``: an
+operator acting on the agent's slot); ``status`` sends the admin token. A protocol
+error (``{"error": ..., "message": ...}``) or no answer at all ends the command with one
+``error:`` line and status 1. ``token`` prints tokens.
 """
 
 from __future__ import annotations
@@ -116,13 +118,19 @@ def _agent_tool(
     action: str | None,
     body: Mapping[str, Any] | None,
     as_json: bool,
+    *,
+    operator: bool = False,
 ) -> None:
+    from calsched.tokens import admin_token
+
     cfg = config_of(ctx)
     path = f"/v1/agents/{quote(agent_id, safe='')}/slot"
     if action is not None:
         path += f"/{action}"
     method = "GET" if action is None else "POST"
-    data = _control_call(cfg, method, path, _agent_bearer(cfg, agent_id), body)
+    # The operator speaks with the admin token, so the journal records who really acted.
+    bearer = admin_token(_secret(cfg, create=False)) if operator else _agent_bearer(cfg, agent_id)
+    data = _control_call(cfg, method, path, bearer, body)
     if as_json:
         print_json(data)
         return
@@ -149,6 +157,14 @@ def _body(**fields: str | None) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+OperatorOption = Annotated[
+    bool,
+    typer.Option(
+        "--as-operator",
+        help="Act as the operator (admin token from the secret file); journaled as operator.",
+    ),
+]
+
 SlotIdOption = Annotated[
     str | None,
     typer.Option("--slot", help="The slot you mean; refused if it is not the current one."),
@@ -168,13 +184,21 @@ def complete(
     agent: AgentOption,
     summary: Annotated[str | None, typer.Option(help="What was done.")] = None,
     slot_id: SlotIdOption = None,
+    as_operator: OperatorOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Complete the agent's current slot (control API).
 
     Example: calsched complete --agent bob --summary "report sent"
     """
-    _agent_tool(ctx, agent, "complete", _body(summary=summary, slot_id=slot_id), as_json)
+    _agent_tool(
+        ctx,
+        agent,
+        "complete",
+        _body(summary=summary, slot_id=slot_id),
+        as_json,
+        operator=as_operator,
+    )
 
 
 def abort(
@@ -182,13 +206,16 @@ def abort(
     agent: AgentOption,
     reason: Annotated[str | None, typer.Option(help="Why the slot is given up.")] = None,
     slot_id: SlotIdOption = None,
+    as_operator: OperatorOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Abort the agent's current slot (control API).
 
     Example: calsched abort --agent bob --reason "source data missing"
     """
-    _agent_tool(ctx, agent, "abort", _body(reason=reason, slot_id=slot_id), as_json)
+    _agent_tool(
+        ctx, agent, "abort", _body(reason=reason, slot_id=slot_id), as_json, operator=as_operator
+    )
 
 
 def pause(
@@ -196,26 +223,30 @@ def pause(
     agent: AgentOption,
     reason: Annotated[str | None, typer.Option(help="Why the slot waits.")] = None,
     slot_id: SlotIdOption = None,
+    as_operator: OperatorOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Pause the agent's current slot (control API).
 
     Example: calsched pause --agent bob --reason "waiting for review"
     """
-    _agent_tool(ctx, agent, "pause", _body(reason=reason, slot_id=slot_id), as_json)
+    _agent_tool(
+        ctx, agent, "pause", _body(reason=reason, slot_id=slot_id), as_json, operator=as_operator
+    )
 
 
 def resume(
     ctx: typer.Context,
     agent: AgentOption,
     slot_id: SlotIdOption = None,
+    as_operator: OperatorOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Resume the agent's paused slot (control API).
 
     Example: calsched resume --agent bob
     """
-    _agent_tool(ctx, agent, "resume", _body(slot_id=slot_id), as_json)
+    _agent_tool(ctx, agent, "resume", _body(slot_id=slot_id), as_json, operator=as_operator)
 
 
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:

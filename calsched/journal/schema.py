@@ -8,6 +8,9 @@ Tables:
 - ``outbox``: one row per state change the backend must hear, until it is acknowledged.
 - ``leases``: one row per identifier: which process holds it, under which epoch (the
   fencing token every journal write checks), until when (:mod:`calsched.journal.lease`).
+- ``idempotency_keys``: the first answer to each control API call an agent made with an
+  ``Idempotency-Key``, written in the transaction of the change it answers
+  (:mod:`calsched.journal.idempotency`).
 - ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
   backend serves, kept in the same database so a quickstart needs one file.
 """
@@ -46,6 +49,7 @@ __all__ = [
     "calendar_receipts",
     "calendar_slots",
     "events",
+    "idempotency_keys",
     "leases",
     "metadata",
     "outbox",
@@ -195,6 +199,21 @@ outbox = Table(
     # its limit, so PostgreSQL never walks the primary key through delivered history.
     Index("ix_outbox_due", "identifier", "delivered_at", "dead_at", "id", "next_try_at"),
     Index("ix_outbox_slot", "identifier", "slot_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("identifier", String(MAX_ID_CHARS), primary_key=True),
+    Column("agent_id", String(MAX_ID_CHARS), primary_key=True),
+    Column("key", String(256), primary_key=True),
+    #: SHA-256 of what was asked (route, actor, body): a key reused for another call is refused.
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    # Expiry deletes by age: without this index it would walk every key.
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 calendar_slots = Table(

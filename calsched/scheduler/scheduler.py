@@ -29,8 +29,11 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from sqlalchemy import Connection
+
 from calsched.errors import ConfigError, NoActiveSlotError, StaleSlotError
 from calsched.journal import Journal, TransitionRequest
+from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger, utcnow
@@ -96,6 +99,7 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._live = LiveView()
+        self._keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
         self._gateway = JournalGateway(
             journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
         )
@@ -280,59 +284,106 @@ class Scheduler:
         return current
 
     async def complete(
-        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        summary: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Complete the agent's current slot."""
-        return await self._tool(agent_id, Trigger.complete, slot_id, summary=summary)
+        return await self._tool(agent_id, Trigger.complete, slot_id, key, actor, summary=summary)
 
     async def abort(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        reason: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Abort the agent's current slot."""
-        return await self._tool(agent_id, Trigger.abort, slot_id, reason=reason)
+        return await self._tool(agent_id, Trigger.abort, slot_id, key, actor, reason=reason)
 
     async def pause(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self,
+        agent_id: str,
+        reason: str | None = None,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
     ) -> SlotView:
         """Pause the agent's current slot."""
-        return await self._tool(agent_id, Trigger.pause, slot_id, reason=reason)
+        return await self._tool(agent_id, Trigger.pause, slot_id, key, actor, reason=reason)
 
-    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+    async def resume(
+        self,
+        agent_id: str,
+        *,
+        slot_id: str | None = None,
+        key: ToolKey | None = None,
+        actor: Actor = Actor.agent,
+    ) -> SlotView:
         """Resume the agent's paused slot."""
-        return await self._tool(agent_id, Trigger.resume, slot_id)
+        return await self._tool(agent_id, Trigger.resume, slot_id, key, actor)
+
+    async def recall(self, agent_id: str, key: str) -> Remembered | None:
+        """The answer a tool call of ``agent_id`` under ``key`` got, if one is kept."""
+        return await self._gateway.read(self._keys.recall, agent_id, key)
 
     async def _tool(
         self,
         agent_id: str,
         trigger: Trigger,
         slot_id: str | None,
+        key: ToolKey | None,
+        actor: Actor,
         *,
         summary: str | None = None,
         reason: str | None = None,
-        actor: Actor = Actor.agent,
     ) -> SlotView:
         current = self._live.current(agent_id)
         if slot_id is not None and (current is None or current.slot_id != slot_id):
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:
             raise NoActiveSlotError(agent_id)
-        applied = await self._gateway.commit(
-            [
-                TransitionRequest(
-                    current.slot_id,
-                    trigger,
-                    actor,
-                    summary=summary,
-                    reason=reason,
-                    attempt=current.attempt,
-                )
-            ]
+        request = TransitionRequest(
+            current.slot_id,
+            trigger,
+            actor,
+            summary=summary,
+            reason=reason,
+            attempt=current.attempt,
         )
+        if key is None:
+            applied = await self._gateway.commit([request])
+        else:
+            applied = await self._gateway.commit_work(
+                partial(self._apply_keyed, [request], current, key)
+            )
         after = applied.view(current.slot_id, current)
         assert after is not None, "the tool's own slot is in its batch"
         if after.terminal:
             await self._dispatch.pump(agent_id)
         return after
+
+    def _apply_keyed(
+        self,
+        requests: list[TransitionRequest],
+        current: SlotView,
+        key: ToolKey,
+        conn: Connection,
+    ) -> Applied:
+        """The transition and the answer its key will repeat, in one transaction."""
+        applied = self.journal.apply_in(conn, requests)
+        after = applied.view(current.slot_id, current)
+        assert after is not None, "the tool's own slot is in its batch"
+        body = SlotEntry.from_view(after).to_wire()
+        self._keys.remember_in(conn, current.agent_id, key, 200, body)
+        return applied
 
     # -- status --------------------------------------------------------------------------
 

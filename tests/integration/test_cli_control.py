@@ -55,6 +55,8 @@ class RecordingTools:
     def __init__(self) -> None:
         self.current: dict[str, SlotView] = {"bob": view("s-18", "bob")}
         self.calls: list[tuple[Any, ...]] = []
+        #: The actor the control API gave each complete.
+        self.actors: list[Any] = []
 
     def _get(self, agent_id: str, slot_id: str | None) -> SlotView:
         found = self.current.get(agent_id)
@@ -75,15 +77,16 @@ class RecordingTools:
         return self._get(agent_id, None)
 
     async def complete(
-        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, summary: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Complete it."""
         self.calls.append(("complete", agent_id, summary, slot_id))
+        self.actors.append(kw.get("actor"))
         self._get(agent_id, slot_id)
         return self._move(agent_id, SlotState.completed, summary=summary)
 
     async def abort(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Abort it."""
         self.calls.append(("abort", agent_id, reason, slot_id))
@@ -91,14 +94,14 @@ class RecordingTools:
         return self._move(agent_id, SlotState.aborted, reason=reason)
 
     async def pause(
-        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None
+        self, agent_id: str, reason: str | None = None, *, slot_id: str | None = None, **kw: Any
     ) -> SlotView:
         """Pause it."""
         self.calls.append(("pause", agent_id, reason, slot_id))
         self._get(agent_id, slot_id)
         return self._move(agent_id, SlotState.paused, reason=reason)
 
-    async def resume(self, agent_id: str, *, slot_id: str | None = None) -> SlotView:
+    async def resume(self, agent_id: str, *, slot_id: str | None = None, **kw: Any) -> SlotView:
         """Resume it; only a paused slot can be resumed."""
         self.calls.append(("resume", agent_id, slot_id))
         found = self._get(agent_id, slot_id)
@@ -281,3 +284,16 @@ async def test_status(control: bytes, tools: RecordingTools) -> None:
         "lease epoch 7  held by web-1 pid 4242",
     ):
         assert expected in text
+
+
+async def test_as_operator_uses_the_admin_token(
+    control: bytes, tools: RecordingTools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--as-operator sends the admin token (not CALSCHED_TOKEN): the call acts as operator."""
+    monkeypatch.setenv("CALSCHED_TOKEN", "agent.not-a-valid.token")
+    await cli("complete", "--agent", "bob", "--summary", "closed by ops", "--as-operator")
+    assert tools.calls == [("complete", "bob", "closed by ops", None)]
+    assert [a.value for a in tools.actors] == ["operator"]
+    monkeypatch.delenv("CALSCHED_TOKEN")
+    await cli("complete", "--agent", "bob")
+    assert [a.value for a in tools.actors] == ["operator", "agent"]
