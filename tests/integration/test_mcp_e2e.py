@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from calsched.tokens import agent_token
+from tests.integration.conftest import WakeRecorder
 from tests.integration.test_e2e_daemon import (  # noqa: F401 - fixtures
     Stack,
-    WebhookHost,
     _answers,
     _free_port,
     _until,
@@ -96,7 +96,7 @@ def _events(st: Stack, slot_id: str) -> list[tuple[str, str]]:
 
 async def test_mcp_client_drives_a_slot_and_keys_make_retries_safe(
     stack: Stack,  # noqa: F811 - the imported fixtures
-    host: tuple[WebhookHost, str],  # noqa: F811
+    host: tuple[WakeRecorder, str],  # noqa: F811
 ) -> None:
     """Tools listed; pause, resume, complete over MCP; a foreign token is a tool error;
     a keyed complete repeated (and after a restart) answers alike, one event."""
