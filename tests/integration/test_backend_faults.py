@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -190,7 +190,8 @@ class Backend:
                 await stop.wait()
 
         self._task = asyncio.create_task(serve())
-        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {ready, self._task}
+        done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
             self._task.result()
         url = ready.result()
