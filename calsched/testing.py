@@ -196,9 +196,10 @@ class InMemoryBackend:
 
 @asynccontextmanager
 async def serve_backend(
-    app: ASGIApp, *, host: str = "127.0.0.1", startup_timeout_s: float = 10.0
+    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 10.0
 ) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free port of ``host``; yield its base URL.
+    """Run ``app`` under uvicorn on ``port`` of ``host`` (a free one by default); yield its
+    base URL. A given ``port`` lets a test stop a server and start it again at the same URL.
 
     The server runs as a task of the current event loop and is shut down on exit;
     requests still hanging then are cancelled after a short grace.
@@ -208,7 +209,7 @@ async def serve_backend(
     config = uvicorn.Config(
         app,
         host=host,
-        port=0,
+        port=port,
         http="h11",
         ws="none",
         lifespan="off",

@@ -276,3 +276,37 @@ def test_the_backend_carries_the_middleware_only_with_a_plan(tmp_path: Any) -> N
     assert isinstance(plain, Starlette)
     assert plain.user_middleware == []
     assert [m.cls for m in faulty.user_middleware] == [FaultMiddleware]
+
+
+async def test_too_deep_json_answers_nested_arrays_without_the_app() -> None:
+    """too_deep_json: ``depth`` nested arrays, valid JSON, with the planned status."""
+    plan, app = FaultPlan().too_deep_json(50, status=503), App()
+    sent = await call(plan, app, client([REQUEST]))
+    assert (sent[0]["status"], body_of(sent), app.calls) == (503, b"[" * 50 + b"]" * 50, [])
+    assert json.loads(body_of(sent)) is not None
+
+
+def test_too_deep_json_refuses_a_depth_below_one() -> None:
+    """A depth of 0 is no nesting at all."""
+    with pytest.raises(ValueError, match="at least 1"):
+        FaultPlan().too_deep_json(0)
+
+
+async def test_truncated_body_does_the_work_and_sends_half_the_answer() -> None:
+    """truncated_body: the app handles it; the real Content-Length goes out, half the
+    body, and the answer is never finished (the server then drops the connection)."""
+    plan, app = FaultPlan().truncated_body(), App()
+    sent = await call(plan, app, client([REQUEST]))
+    assert app.calls == [b"{}"]
+    assert header(sent, b"content-length") == b"%d" % len(BODY)
+    assert body_of(sent) == BODY[: len(BODY) // 2]
+    assert all(m.get("more_body") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_connection_reset_stops_after_the_headers_without_the_app() -> None:
+    """connection_reset: a 200's headers announcing a body, then nothing, the app unused."""
+    plan, app = FaultPlan().connection_reset(), App()
+    sent = await call(plan, app, client([REQUEST]))
+    assert app.calls == []
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert (sent[0]["status"], header(sent, b"content-length")) == (200, b"64")

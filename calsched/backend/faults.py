@@ -42,6 +42,9 @@ class FaultKind(enum.StrEnum):
     malformed_json = "malformed_json"
     execute_then_timeout = "execute_then_timeout"
     oversized = "oversized"
+    too_deep_json = "too_deep_json"
+    truncated_body = "truncated_body"
+    connection_reset = "connection_reset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,15 @@ class FaultPlan:
       must be deduplicated by its ``Idempotency-Key``.
     - ``oversized``: answers 200 with a streamed body of ``nbytes`` and no
       ``Content-Length``, not handling the request.
+    - ``too_deep_json``: answers ``status`` (200) with ``nbytes`` nested JSON arrays, too
+      deep for a recursive parser, not handling the request.
+    - ``truncated_body``: handles the request, then sends the answer's headers (with its
+      real ``Content-Length``) and only half its body, and stops: the server closes the
+      connection mid-answer, so the work is done and the client cannot know it.
+    - ``connection_reset``: without handling the request, sends a 200's headers
+      announcing a body, and stops: the server closes the connection before any body.
+      (A close by the server mid-answer, which the client sees as the peer hanging up;
+      not a TCP RST, which ASGI cannot send.)
 
     Thread-safe: the test and the server may run on different threads.
     """
@@ -165,6 +177,22 @@ class FaultPlan:
         """Answer 200 with a streamed body of ``nbytes`` bytes and no Content-Length."""
         return self._add(Fault(FaultKind.oversized, route, status=200, nbytes=nbytes), times)
 
+    def too_deep_json(
+        self, depth: int = 100_000, *, status: int = 200, route: FaultRoute = "any", times: int = 1
+    ) -> FaultPlan:
+        """Answer ``status`` with ``depth`` nested JSON arrays (valid, but too deep)."""
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        return self._add(Fault(FaultKind.too_deep_json, route, status=status, nbytes=depth), times)
+
+    def truncated_body(self, *, route: FaultRoute = "any", times: int = 1) -> FaultPlan:
+        """Handle the request, then send half the answer's body and close the connection."""
+        return self._add(Fault(FaultKind.truncated_body, route), times)
+
+    def connection_reset(self, *, route: FaultRoute = "any", times: int = 1) -> FaultPlan:
+        """Close the connection after a 200's headers, the request not handled."""
+        return self._add(Fault(FaultKind.connection_reset, route, status=200), times)
+
     def take(self, route: _Route) -> Fault | None:
         """The next fault for a request on ``route``, consumed; ``None`` if there is none."""
         with self._lock:
@@ -221,6 +249,10 @@ class FaultMiddleware:
         instead = _answer_instead(fault)
         if instead is not None:
             await instead(scope, receive, send)
+        elif fault.kind is FaultKind.connection_reset:
+            # Returning with the answer unfinished makes the server drop the connection.
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         elif fault.kind is FaultKind.hang:
             received = await _hold(receive, fault.seconds)
             if received is not None:  # else nobody is listening any more
@@ -229,6 +261,12 @@ class FaultMiddleware:
             start, body = await _answer_of(self.app, scope, receive)
             if fault.kind is FaultKind.slow_drip:
                 await _drip(send, start, body, fault.seconds, fault.chunks)
+            elif fault.kind is FaultKind.truncated_body:
+                # The real Content-Length stays, so the client knows the body is short;
+                # returning with the answer unfinished makes the server drop the connection.
+                await send(start)
+                half = body[: len(body) // 2]
+                await send({"type": "http.response.body", "body": half, "more_body": True})
             elif not await _until_client_gone(receive, fault.seconds):
                 # execute_then_timeout: the work is done and committed; only the answer
                 # is withheld, and it is sent only to a client that waited that long.
@@ -254,6 +292,9 @@ def _answer_instead(fault: Fault) -> Response | None:
         return Response(
             b'{"slots_to_fire": [{"id": "s-', status_code=status, media_type="application/json"
         )
+    if fault.kind is FaultKind.too_deep_json:
+        deep = b"[" * fault.nbytes + b"]" * fault.nbytes
+        return Response(deep, status_code=status, media_type="application/json")
     if fault.kind is FaultKind.oversized:
         return StreamingResponse(_padding(fault.nbytes), media_type="application/json")
     return None
