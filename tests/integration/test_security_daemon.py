@@ -56,10 +56,10 @@ HEARTBEAT_S = 0.5
 STEP_TIMEOUT_S = 20.0
 FLOOD_CLIENTS = 32
 FLOOD_SECONDS = 4.0
-#: The worst heartbeat gap allowed under the flood, in intervals. A beat waits one interval
-#: after the previous one ends, so an idle daemon shows gaps of 1 interval plus the beat's
-#: own time; 4 intervals (2 s) is far above that on a noisy 2-CPU machine, yet a heartbeat
-#: starved by the tool calls (queued behind them) would blow through it.
+#: The worst heartbeat gap allowed under the flood, in intervals. A beat starts one
+#: interval after the previous one started, so an idle daemon shows gaps of 1 interval;
+#: 4 intervals (2 s) is far above that on a noisy 2-CPU machine, yet a heartbeat starved
+#: by the tool calls (queued behind them) would blow through it.
 MAX_GAP_INTERVALS = 4.0
 
 
