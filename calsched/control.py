@@ -13,7 +13,8 @@ Every request goes through, in this order:
 4. the **body** (POST): at most ``max_body`` bytes, counted while it streams in (a
    ``Content-Length`` is not trusted), else 413 ``too_large``; it must be a JSON object
    (400 ``bad_request``; an empty body counts as ``{}``); its fields must have the right
-   types and ``summary``/``reason`` at most ``max_field`` UTF-8 bytes (422 ``invalid``).
+   types and ``summary``/``reason`` at most ``max_field`` UTF-8 bytes, with no NUL
+   character (422 ``invalid``).
    Unknown fields are ignored. ``slot_id``, if given, fences the call to that slot: a
    call for a slot that is no longer current is 409 ``stale_slot``.
 5. the **Idempotency-Key** (POST, optional, 1 to 256 characters): a repeat by the same
@@ -271,6 +272,9 @@ class _ControlApi:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
             raise _ApiError(422, "invalid", f"{name}: must be valid Unicode") from None
+        if "\x00" in value:
+            # PostgreSQL text cannot hold NUL: refused here, or the commit fails as a 500.
+            raise _ApiError(422, "invalid", f"{name}: must not contain NUL characters")
         if size > self.max_field:
             raise _ApiError(
                 422, "invalid", f"{name}: {size} bytes, at most {self.max_field} allowed"

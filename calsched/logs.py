@@ -54,8 +54,10 @@ _SECRET_KEYS = frozenset(
 )
 
 # Chatty libraries: one line per HTTP request (httpx), per state callback (transitions),
-# per migration context (alembic). Their warnings still show; at debug level, everything.
-_QUIET = ("httpx", "httpcore", "transitions", "alembic", "uvicorn.access")
+# per migration context (alembic), per statement (sqlalchemy, which sets its own logger to
+# WARNING on import, so the root level alone never reaches it). Their warnings still show;
+# at debug level, everything.
+_QUIET = ("httpx", "httpcore", "transitions", "alembic", "sqlalchemy", "uvicorn.access")
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -151,8 +153,11 @@ def configure_logging(
     root.addHandler(handler)
     root_level = _LEVELS.get(level.lower(), logging.INFO)
     root.setLevel(root_level)
+    # At debug level the chatty libraries log everything too (docs/configuration.md);
+    # otherwise only their warnings.
+    quiet_level = root_level if root_level <= logging.DEBUG else max(root_level, logging.WARNING)
     for name in _QUIET:
-        logging.getLogger(name).setLevel(max(root_level, logging.WARNING))
+        logging.getLogger(name).setLevel(quiet_level)
     # uvicorn configures its own handlers unless told not to; ours are enough.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()

@@ -479,6 +479,21 @@ async def test_lone_surrogate_is_422(client: httpx.AsyncClient) -> None:
     assert "Unicode" in response.json()["message"]
 
 
+@pytest.mark.parametrize("field", ["summary", "reason"])
+async def test_nul_in_text_is_422(client: httpx.AsyncClient, tools: FakeTools, field: str) -> None:
+    """A summary or reason holding NUL is 422 invalid before the tools run: PostgreSQL
+    text cannot store it, so the commit would otherwise fail as a 500."""
+    route = "complete" if field == "summary" else "abort"
+    response = await client.post(
+        f"/v1/agents/alice/slot/{route}",
+        headers={**auth(ALICE), "Content-Type": "application/json"},
+        content=b'{"%s": "a\\u0000b"}' % field.encode(),
+    )
+    assert response.status_code == 422
+    assert "NUL" in response.json()["message"]
+    assert tools.calls == []
+
+
 async def test_large_body_is_413(client: httpx.AsyncClient, tools: FakeTools) -> None:
     """A 65 KiB body is 413 too_large."""
     body = {"summary": "x" * (65 * 1024)}

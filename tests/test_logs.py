@@ -101,6 +101,21 @@ def test_level_and_quiet_libraries(stream: io.StringIO) -> None:
     assert "shown" in out[0]
 
 
+def test_debug_level_lets_the_quiet_libraries_speak(stream: io.StringIO) -> None:
+    """At debug level httpx, httpcore and SQLAlchemy lines are shown, as documented."""
+    configure_logging(level="debug", stream=stream)
+    logging.getLogger("httpx").debug("HTTP Request: POST ...")
+    logging.getLogger("httpcore.connection").debug("connect_tcp.started")
+    logging.getLogger("sqlalchemy.engine.Engine").info("SELECT 1")
+    out = lines(stream)
+    assert len(out) == 3
+    assert "connect_tcp.started" in out[1]
+    assert "SELECT 1" in out[2]
+    configure_logging(level="info", stream=stream)
+    assert logging.getLogger("httpx").level == logging.WARNING
+    assert logging.getLogger("sqlalchemy").level == logging.WARNING
+
+
 def test_reconfiguring_replaces_the_handler(stream: io.StringIO) -> None:
     """Calling configure_logging twice leaves one handler: no line is written twice."""
     configure_logging(stream=stream)
