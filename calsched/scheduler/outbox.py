@@ -2,8 +2,8 @@
 
 It delivers the oldest undelivered row of each slot, one try per due row. The row is its
 own retry schedule: a failed try sets ``next_try_at`` from the row's ``tries``
-(exponential, with equal jitter, capped at ``outbox_backoff_max_s``; ``Retry-After`` up to
-the same cap), so the backoff survives a restart and no second schedule runs in memory.
+(exponential, with equal jitter, capped at ``outbox_backoff_max_s``; a longer ``Retry-After``
+up to the same cap), so the backoff survives a restart and no second schedule runs in memory.
 Any failure, expected or not, is a failed try. A row that cannot even be marked means the
 journal itself is failing: then no delivery starts until a backoff of its own has passed
 (:meth:`OutboxWorker.journal_failed`), so a journal that is down costs one post and one
@@ -250,12 +250,17 @@ class OutboxWorker:
         self._held_until = None
 
     def retry_wait(self, tries: int, hint: float | None) -> float:
-        """Seconds until the next try: the backend's ``Retry-After`` if it gave a usable
-        one, else exponential from the row's tries with equal jitter; capped either way."""
+        """Seconds until the next try: exponential from the row's tries with equal jitter,
+        or the backend's ``Retry-After`` if it asks for longer; capped either way.
+
+        The hint is a floor, never a shortcut: a backend answering ``Retry-After: 0`` (or a
+        negative value, or a date gone by) over and over is still asked on the schedule.
+        """
         s = self.settings
-        if hint is not None and math.isfinite(hint) and hint >= 0:
-            return min(hint, s.outbox_backoff_max_s)
-        return equal_jitter(exponential(tries, s.outbox_backoff_initial_s, s.outbox_backoff_max_s))
+        wait = equal_jitter(exponential(tries, s.outbox_backoff_initial_s, s.outbox_backoff_max_s))
+        if hint is not None and math.isfinite(hint):
+            wait = max(wait, hint)
+        return min(wait, s.outbox_backoff_max_s)
 
     async def _reschedule(self, row: OutboxRow, wait: float, error: str) -> None:
         next_try = self._clock() + timedelta(seconds=wait)

@@ -18,8 +18,8 @@ changes are journaled, then healed. Checked for every case:
   (``pytest -s``); docs/reliability.md "Backend faults" quotes a run.
 
 One long fault (8 s, the cap raised to 2 s) gives posts per minute. A 429 with a
-``Retry-After`` of 0 (or negative, or a past date) outpaces the schedule: that bug is
-shown by a strict xfail below (see ``ZERO_WAIT_BUG``).
+``Retry-After`` of 0 (or negative, or a past date) once outpaced the schedule (the hint
+replaced the backoff); now the hint is only a floor, and a test holds it to the schedule.
 
 The scheduler's journal is a SQLite file: the subject here is the HTTP edge and the
 retry schedule. A few faults run again on a PostgreSQL journal (marked ``postgres``).
@@ -422,19 +422,6 @@ ZERO_WAITS = [
 ]
 
 
-# A real bug, left failing on purpose and strict (it fails the suite once fixed, so the
-# mark comes off): calsched/scheduler/outbox.py ``retry_wait`` returns ``min(hint, cap)``
-# for any finite hint >= 0, and parse_retry_after maps a negative value or a past date to
-# 0, so a backend that keeps answering 429 "Retry-After: 0" is posted to ~100 times a
-# second per slot instead of on the schedule. Not fixed here: calsched/scheduler/ is
-# other work's; the fix is to take the hint as a floor on the schedule's wait.
-ZERO_WAIT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: Retry-After 0/negative/past date replaces the backoff (outbox.retry_wait)",
-)
-
-
-@ZERO_WAIT_BUG
 @pytest.mark.parametrize("case", ZERO_WAITS, ids=[c.name for c in ZERO_WAITS])
 async def test_a_retry_after_of_zero_does_not_outpace_the_backoff(
     case: Case, calendar: LocalCalendar, faults: FaultPlan, tmp_path: Path, api_key: str
