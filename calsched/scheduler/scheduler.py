@@ -29,10 +29,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection
-
-from calsched.errors import ConfigError, NoActiveSlotError, StaleSlotError
-from calsched.journal import Journal, TransitionRequest
+from calsched.errors import ConfigError
+from calsched.journal import Journal
 from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
@@ -43,6 +41,7 @@ from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker
+from calsched.scheduler.tools import ToolDesk
 from calsched.settings import SchedulerSettings
 from calsched.status import (
     HistoryEntry,
@@ -99,7 +98,6 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._live = LiveView()
-        self._keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
         self._gateway = JournalGateway(
             journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
         )
@@ -132,6 +130,8 @@ class Scheduler:
             metrics=self.metrics,
             clock=clock,
         )
+        keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
+        self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys)
         #: Set when a heartbeat answers ``restart_pending: true``.
         self.restart_requested = self._heartbeat.restart_requested
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
@@ -278,10 +278,7 @@ class Scheduler:
 
     async def current_slot(self, agent_id: str) -> SlotView:
         """The agent's current slot; :class:`NoActiveSlotError` if it has none."""
-        current = self._live.current(agent_id)
-        if current is None:
-            raise NoActiveSlotError(agent_id)
-        return current
+        return self._tools.current(agent_id)
 
     async def complete(
         self,
@@ -293,7 +290,9 @@ class Scheduler:
         actor: Actor = Actor.agent,
     ) -> SlotView:
         """Complete the agent's current slot."""
-        return await self._tool(agent_id, Trigger.complete, slot_id, key, actor, summary=summary)
+        return await self._tools.act(
+            agent_id, Trigger.complete, slot_id, key, actor, summary=summary
+        )
 
     async def abort(
         self,
@@ -305,7 +304,7 @@ class Scheduler:
         actor: Actor = Actor.agent,
     ) -> SlotView:
         """Abort the agent's current slot."""
-        return await self._tool(agent_id, Trigger.abort, slot_id, key, actor, reason=reason)
+        return await self._tools.act(agent_id, Trigger.abort, slot_id, key, actor, reason=reason)
 
     async def pause(
         self,
@@ -317,7 +316,7 @@ class Scheduler:
         actor: Actor = Actor.agent,
     ) -> SlotView:
         """Pause the agent's current slot."""
-        return await self._tool(agent_id, Trigger.pause, slot_id, key, actor, reason=reason)
+        return await self._tools.act(agent_id, Trigger.pause, slot_id, key, actor, reason=reason)
 
     async def resume(
         self,
@@ -328,62 +327,11 @@ class Scheduler:
         actor: Actor = Actor.agent,
     ) -> SlotView:
         """Resume the agent's paused slot."""
-        return await self._tool(agent_id, Trigger.resume, slot_id, key, actor)
+        return await self._tools.act(agent_id, Trigger.resume, slot_id, key, actor)
 
     async def recall(self, agent_id: str, key: str) -> Remembered | None:
         """The answer a tool call of ``agent_id`` under ``key`` got, if one is kept."""
-        return await self._gateway.read(self._keys.recall, agent_id, key)
-
-    async def _tool(
-        self,
-        agent_id: str,
-        trigger: Trigger,
-        slot_id: str | None,
-        key: ToolKey | None,
-        actor: Actor,
-        *,
-        summary: str | None = None,
-        reason: str | None = None,
-    ) -> SlotView:
-        current = self._live.current(agent_id)
-        if slot_id is not None and (current is None or current.slot_id != slot_id):
-            raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
-        if current is None:
-            raise NoActiveSlotError(agent_id)
-        request = TransitionRequest(
-            current.slot_id,
-            trigger,
-            actor,
-            summary=summary,
-            reason=reason,
-            attempt=current.attempt,
-        )
-        if key is None:
-            applied = await self._gateway.commit([request])
-        else:
-            applied = await self._gateway.commit_work(
-                partial(self._apply_keyed, [request], current, key)
-            )
-        after = applied.view(current.slot_id, current)
-        assert after is not None, "the tool's own slot is in its batch"
-        if after.terminal:
-            await self._dispatch.pump(agent_id)
-        return after
-
-    def _apply_keyed(
-        self,
-        requests: list[TransitionRequest],
-        current: SlotView,
-        key: ToolKey,
-        conn: Connection,
-    ) -> Applied:
-        """The transition and the answer its key will repeat, in one transaction."""
-        applied = self.journal.apply_in(conn, requests)
-        after = applied.view(current.slot_id, current)
-        assert after is not None, "the tool's own slot is in its batch"
-        body = SlotEntry.from_view(after).to_wire()
-        self._keys.remember_in(conn, current.agent_id, key, 200, body)
-        return applied
+        return await self._tools.recall(agent_id, key)
 
     # -- status --------------------------------------------------------------------------
 

@@ -1,0 +1,107 @@
+"""The agents' tools: one transition on the agent's current slot, and its kept answer.
+
+:class:`ToolDesk` is what :class:`~calsched.scheduler.Scheduler`'s ``complete``, ``abort``,
+``pause`` and ``resume`` share. It checks the call against the live view (the agent's
+current slot, the slot the call names), commits the transition through the journal
+gateway, and, for a call with an ``Idempotency-Key``, keeps the answer in the same
+transaction, so the change and the answer a retry repeats commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from sqlalchemy import Connection
+
+from calsched.errors import NoActiveSlotError, StaleSlotError
+from calsched.journal import Journal, TransitionRequest
+from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
+from calsched.journal.store import Applied
+from calsched.model import Actor, SlotView, Trigger
+from calsched.scheduler.dispatcher import Dispatcher
+from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.live import LiveView
+from calsched.status import SlotEntry
+
+__all__ = ["ToolDesk"]
+
+
+class ToolDesk:
+    """Carries out the agents' tool calls for one scheduler."""
+
+    def __init__(
+        self,
+        gateway: JournalGateway,
+        live: LiveView,
+        dispatcher: Dispatcher,
+        keys: IdempotencyStore,
+    ) -> None:
+        self._gateway = gateway
+        self.journal: Journal = gateway.journal
+        self._live = live
+        self._dispatch = dispatcher
+        self._keys = keys
+
+    def current(self, agent_id: str) -> SlotView:
+        """The agent's current slot; :class:`NoActiveSlotError` if it has none."""
+        current = self._live.current(agent_id)
+        if current is None:
+            raise NoActiveSlotError(agent_id)
+        return current
+
+    async def recall(self, agent_id: str, key: str) -> Remembered | None:
+        """The answer a tool call of ``agent_id`` under ``key`` got, if one is kept."""
+        return await self._gateway.read(self._keys.recall, agent_id, key)
+
+    async def act(
+        self,
+        agent_id: str,
+        trigger: Trigger,
+        slot_id: str | None,
+        key: ToolKey | None,
+        actor: Actor,
+        *,
+        summary: str | None = None,
+        reason: str | None = None,
+    ) -> SlotView:
+        """Fire ``trigger`` on the agent's current slot (the one ``slot_id`` names, if
+        given: else :class:`StaleSlotError`); the slot after the change."""
+        current = self._live.current(agent_id)
+        if slot_id is not None and (current is None or current.slot_id != slot_id):
+            raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
+        if current is None:
+            raise NoActiveSlotError(agent_id)
+        request = TransitionRequest(
+            current.slot_id,
+            trigger,
+            actor,
+            summary=summary,
+            reason=reason,
+            attempt=current.attempt,
+        )
+        if key is None:
+            applied = await self._gateway.commit([request])
+        else:
+            applied = await self._gateway.commit_work(
+                partial(self._apply_keyed, [request], current, key)
+            )
+        after = applied.view(current.slot_id, current)
+        assert after is not None, "the tool's own slot is in its batch"
+        if after.terminal:
+            await self._dispatch.pump(agent_id)
+        return after
+
+    def _apply_keyed(
+        self,
+        requests: list[TransitionRequest],
+        current: SlotView,
+        key: ToolKey,
+        conn: Connection,
+    ) -> Applied:
+        """The transition and the answer its key will repeat, in one transaction."""
+        applied = self.journal.apply_in(conn, requests)
+        after = applied.view(current.slot_id, current)
+        assert after is not None, "the tool's own slot is in its batch"
+        body = SlotEntry.from_view(after).to_wire()
+        self._keys.remember_in(conn, current.agent_id, key, 200, body)
+        return applied

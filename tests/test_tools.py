@@ -1,0 +1,61 @@
+"""The ToolDesk: a tool call checked against the live view, and its kept answer.
+
+Through a real Scheduler (its desk is ``_tools``), on SQLite and PostgreSQL (``db_url``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+
+from calsched.errors import NoActiveSlotError, StaleSlotError
+from calsched.journal import Journal
+from calsched.journal.idempotency import ToolKey
+from calsched.journal.schema import events
+from calsched.model import Actor, Slot, SlotState, Trigger
+from calsched.scheduler import Scheduler
+from calsched.settings import SchedulerSettings
+from calsched.testing import InMemoryBackend, InMemoryHost
+
+
+@pytest.fixture
+async def sched(db_url: str) -> AsyncIterator[Scheduler]:
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    journal = Journal.open(db_url, "host-a")
+    backend = InMemoryBackend([Slot(id="s1", agent_id="alice", title="report")])
+    scheduler = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
+    await scheduler.recover()
+    await scheduler.heartbeat_once()
+    await scheduler.idle()
+    yield scheduler
+    await scheduler.stop()
+    journal.close()
+
+
+def event_count(sched: Scheduler) -> int:
+    with sched.journal.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+
+async def test_a_call_naming_another_slot_is_stale_and_writes_nothing(sched: Scheduler) -> None:
+    """Generation fencing: the named slot must be the current one."""
+    before = event_count(sched)
+    with pytest.raises(StaleSlotError):
+        await sched._tools.act("alice", Trigger.pause, "s-old", None, Actor.agent)
+    with pytest.raises(NoActiveSlotError):
+        await sched._tools.act("bob", Trigger.pause, None, None, Actor.agent)
+    assert event_count(sched) == before
+
+
+async def test_a_keyed_call_keeps_its_answer_with_the_change(sched: Scheduler) -> None:
+    """The transition and the answer a retry repeats commit in one transaction."""
+    key = ToolKey.of("k-1", "pause", "agent", {"reason": "lunch"})
+    after = await sched._tools.act("alice", Trigger.pause, None, key, Actor.agent, reason="lunch")
+    assert after.state is SlotState.paused
+    kept = await sched._tools.recall("alice", "k-1")
+    assert kept is not None
+    assert kept.status == 200
+    assert kept.body["state"] == "paused"
+    assert await sched._tools.recall("bob", "k-1") is None  # keys are per agent
