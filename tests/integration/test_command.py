@@ -358,7 +358,9 @@ async def test_a_hanging_list_command_is_cut_by_the_heartbeat(
     with caplog.at_level(logging.WARNING, logger="calsched"):
         async with _scheduler(db_url, backend, host, wake_timeout_s=1.0) as sched:
             assert await sched.heartbeat_once() is True
-    assert [beat.agents for beat in backend.heartbeats] == [[]]
+    # The started loop may beat too (at start): every beat went out, with no agents.
+    assert backend.heartbeats
+    assert all(beat.agents == [] for beat in backend.heartbeats)
     assert "listing agents failed: TimeoutError" in caplog.text
     pid = int(pid_file.read_text())
     stray_pids.append(pid)
