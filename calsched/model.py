@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
 )
 
+from calsched import __version__
 from calsched.errors import InvalidInputError
 
 __all__ = [
@@ -273,7 +274,8 @@ class PluginInfo(WireModel):
     """Who is heartbeating."""
 
     name: str = "calsched"
-    version: str = "0.1.0"
+    # The installed package's version (pyproject.toml), the one place it is written.
+    version: str = __version__
 
 
 class AgentReport(WireModel):

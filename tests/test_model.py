@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from calsched import __version__
 from calsched.errors import InvalidInputError
 from calsched.model import (
     ACTIVE_STATES,
@@ -25,6 +28,7 @@ from calsched.model import (
     HeartbeatRequest,
     HeartbeatResponse,
     Id,
+    PluginInfo,
     Slot,
     SlotState,
     SlotUpdate,
@@ -439,12 +443,20 @@ def test_heartbeat_request_defaults_and_wire_shape() -> None:
     )
     assert beat.to_wire() == {
         "identifier": "host-a",
-        "plugin_info": {"name": "calsched", "version": "0.1.0"},
+        "plugin_info": {"name": "calsched", "version": __version__},
         "captured_at": "2026-11-27T22:00:00Z",
         "agents": [{"id": "alice", "model": "claude-x", "status": "idle"}],
         "active_slots": [{"id": "s-17", "agent_id": "alice", "state": "in_progress", "attempt": 1}],
     }
     assert AgentReport(id="x").status is AgentStatus.unknown
+
+
+def test_the_version_is_written_in_one_place() -> None:
+    """PluginInfo reports the package's version, which is pyproject.toml's."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert __version__ == declared
+    assert PluginInfo().version == declared
 
 
 # -- enums and journal types --------------------------------------------------------------
