@@ -5,6 +5,9 @@
 - ``faults``: the :class:`~calsched.testing.FaultPlan` the reference backend obeys.
 - ``backend_url``: the reference backend serving ``calendar`` under uvicorn on
   127.0.0.1, accepting the key ``api_key``.
+- ``free_port`` and ``child_env``: helpers for tests that start processes (a loopback
+  port nothing listens on; an environment with none of the runner's ``CALSCHED_*`` and
+  HOME and the XDG dirs under a temp dir).
 - ``wake_host``: a webhook agent host on a free loopback port recording every wake
   (:class:`WakeRecorder`), and its wake URL.
 - ``make_client``: :class:`~calsched.backend.http.HttpBackend` clients for that URL
@@ -14,8 +17,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,3 +98,25 @@ async def wake_host() -> AsyncIterator[tuple[WakeRecorder, str]]:
     app = Starlette(routes=[Route("/wake", recorder.wake, methods=["POST"])])
     async with serve_backend(app) as url:
         yield recorder, f"{url}/wake"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    """A child process's environment: none of the runner's ``CALSCHED_*``, HOME and the
+    XDG dirs under ``home``, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALSCHED_")}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        **extra,
+    )
+    return env

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,15 +21,9 @@ import pytest
 
 from calsched.journal import Journal, TransitionRequest
 from calsched.model import Actor, Slot, Trigger, parse
+from tests.integration.conftest import free_port
 
 TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_env(tmp_path: Path, db: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from calsched.journal import Journal
+from tests.integration.conftest import free_port
 
 TIMEOUT_S = 30
 
@@ -35,13 +36,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         CALSCHED_CONTROL__PORT=str(free_port()),
     )
     return base
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(

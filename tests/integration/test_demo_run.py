@@ -5,7 +5,6 @@ The demo runs once for the module (about 20 s); each test checks one thing it pr
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from calsched.demo.scenario import DEMO_SLOTS
+from tests.integration.conftest import child_env
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,7 @@ class DemoRun:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """`python -m calsched demo --no-live --seed 7`, with HOME and XDG dirs in a temp dir."""
     home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALSCHED_")}
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        TMPDIR=str(tmp_path_factory.mktemp("tmp")),
-    )
+    env = child_env(home, TMPDIR=str(tmp_path_factory.mktemp("tmp")))
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "calsched", "demo", "--no-live", "--seed", "7"],

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +30,10 @@ import httpx
 import pytest
 
 from calsched.tokens import agent_token
+from tests.integration.conftest import free_port
 
 TIMEOUT_S = 20.0
 AGENT = "bob"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ignore_sigxfsz() -> None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,19 +27,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from calsched.tokens import admin_token
-from tests.integration.conftest import WakeRecorder
+from tests.integration.conftest import WakeRecorder, child_env
+from tests.integration.conftest import free_port as _free_port
 
 SLOT = "e2e-1"
 AGENT = "bob"
 IDENTIFIER = "host-e2e"
 STEP_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -120,14 +112,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     Every subprocess started through it is killed at teardown.
     """
     api_key = secrets.token_urlsafe(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALSCHED_")}
-    home = tmp_path / "home"
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        XDG_CACHE_HOME=str(home / ".cache"),
+    env = child_env(
+        tmp_path / "home",
         CALSCHED_BACKEND_API_KEY=api_key,
         PYTHONUNBUFFERED="1",
     )

@@ -31,18 +31,12 @@ from sqlalchemy.pool import NullPool
 from calsched.journal.schema import calendar_receipts, events, leases
 from calsched.tokens import admin_token
 from tests.integration.conftest import WakeRecorder
+from tests.integration.conftest import free_port as _free_port
 
 AGENT = "bob"
 STEP_TIMEOUT_S = 30.0
 #: Long enough that no test here could pass by waiting for an expiry.
 HOUR = 3600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from calsched.backend.calendar import LocalCalendar
 from calsched.errors import SlotNotFoundError
 from calsched.journal import Journal
+from tests.integration.conftest import free_port
 
 #: Never on the run path: migrations when the schema is at head, the other commands'
 #: output, the demo, the test fakes and the fault injection (not even with the embedded
@@ -85,13 +85,6 @@ async def _run_until_settled(
             proc.wait()
     assert proc.returncode == 0, err.decode()
     return set(json.loads(out.read_text()))
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status(calendar: LocalCalendar) -> str | None:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +47,8 @@ from calsched.backend.server import create_backend_app
 from calsched.journal import Journal
 from calsched.testing import serve_backend
 from calsched.tokens import admin_token, agent_token
+from tests.integration.conftest import child_env
+from tests.integration.conftest import free_port as _free_port
 
 IDENTIFIER = "host-sec"
 AGENTS = ("alice", "bob", "carol", "dave")
@@ -61,13 +61,6 @@ FLOOD_SECONDS = 4.0
 #: 4 intervals (2 s) is far above that on a noisy 2-CPU machine, yet a heartbeat starved
 #: by the tool calls (queued behind them) would blow through it.
 MAX_GAP_INTERVALS = 4.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class BeatStamps:
@@ -193,14 +186,8 @@ class Rig:
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon's environment: a temp HOME, no CALSCHED_* of the runner's, the canary key."""
     canary = "canary-" + secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALSCHED_")}
-    home = tmp_path / "home"
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        XDG_CACHE_HOME=str(home / ".cache"),
+    env = child_env(
+        tmp_path / "home",
         CALSCHED_BACKEND_API_KEY=canary,
         PYTHONUNBUFFERED="1",
     )
