@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -56,6 +57,7 @@ __all__ = [
     "default_data_dir",
     "load_config",
     "read_secret_file",
+    "setting_names",
 ]
 
 APP_NAME = "calsched"
@@ -211,6 +213,8 @@ class Config(BaseSettings):
     #: The lease is renewed every ``lease_ttl_s * lease_renew_fraction`` seconds; at most
     #: half, so one failed renewal still leaves time for another before it expires.
     lease_renew_fraction: float = Field(default=1 / 3, gt=0, le=0.5)
+    #: Where each setting came from, by dotted name (:meth:`source_of`).
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -270,6 +274,23 @@ class Config(BaseSettings):
             return read_secret_file(self.backend_api_key_file, "backend_api_key_file")
         return None
 
+    def source_of(self, dotted: str) -> str:
+        """Where the setting ``dotted`` (``control.port``) came from: ``flag``,
+        ``env CALSCHED_...``, ``file PATH`` or ``default``.
+
+        A configuration built by :func:`load_config` knows each source; one built
+        directly knows only which top-level settings were given (``given``).
+        """
+        known = self._sources.get(dotted)
+        if known is not None:
+            return known
+        top = dotted.split(".")[0]
+        return "given" if top in self.model_fields_set else "default"
+
+    def defaulted(self, dotted: str) -> bool:
+        """Whether no source set ``dotted``: it holds its default value."""
+        return self.source_of(dotted) == "default"
+
     def database_display(self) -> str:
         """The database URL with any password masked, for logs and messages."""
         from sqlalchemy.engine import make_url
@@ -281,24 +302,58 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
 
 
+def _origin(
+    loc: tuple[Any, ...],
+    flags: Mapping[str, Any],
+    file_data: Mapping[str, Any],
+    file: Path | None,
+) -> str:
+    """The highest source that sets ``loc`` or a parent: ``flag``, ``env NAME``,
+    ``file PATH`` or ``default``."""
+    prefixes = [tuple(str(p) for p in loc[:n]) for n in range(len(loc), 0, -1)]
+    for keys in prefixes:
+        if _lookup(flags, keys) is not None:
+            return "flag"
+    for keys in prefixes:
+        if os.environ.get(_env_name(keys)):
+            return f"env {_env_name(keys)}"
+    for keys in prefixes:
+        if _lookup(file_data, keys) is not None:
+            return f"file {file}"
+    return "default"
+
+
 def _source(
     loc: tuple[Any, ...],
     flags: Mapping[str, Any],
     file_data: Mapping[str, Any],
     file: Path | None,
 ) -> str:
-    """Which source gave the bad value: the highest one that sets ``loc`` or a parent."""
-    prefixes = [tuple(str(p) for p in loc[:n]) for n in range(len(loc), 0, -1)]
-    for keys in prefixes:
-        if _lookup(flags, keys) is not None:
-            return "from the command line"
-    for keys in prefixes:
-        if os.environ.get(_env_name(keys)):
-            return f"from {_env_name(keys)}"
-    for keys in prefixes:
-        if _lookup(file_data, keys) is not None:
-            return f"in {file}"
+    """Which source gave the bad value, as a phrase for an error line."""
+    origin = _origin(loc, flags, file_data, file)
+    if origin == "flag":
+        return "from the command line"
+    if origin.startswith("env "):
+        return f"from {origin[4:]}"
+    if origin.startswith("file "):
+        return f"in {file}"
     return "(default)"
+
+
+#: Fields of the models that are not settings of their own.
+_NOT_SETTINGS = {"scheduler.identifier"}
+
+
+def setting_names(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every leaf setting of ``model`` by dotted name (``control.port``), in field order."""
+    names: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.extend(setting_names(annotation, f"{prefix}{name}."))
+        elif prefix + name not in _NOT_SETTINGS:
+            names.append(prefix + name)
+    return names
 
 
 def _one_line(
@@ -377,9 +432,12 @@ def load_config(
     try:
         # pydantic-settings' documented hook for pre-built sources: it lets the file's path
         # be chosen per call instead of being fixed in the class's model_config.
-        return Config(_build_sources=(sources, {}))
+        cfg = Config(_build_sources=(sources, {}))
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, flags, file_data, file)) from None
+    for dotted in setting_names():
+        cfg._sources[dotted] = _origin(tuple(dotted.split(".")), flags, file_data, file)
+    return cfg
 
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -261,6 +261,15 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             upgrade=True,
         )
         stack.callback(journal.close)  # last out: after the backend and the scheduler
+        if cfg.defaulted("identifier"):
+            # A defaulted identifier (the host name) that this database has never seen,
+            # beside live slots of others, is a renamed host: refuse rather than recover
+            # nothing. An identifier given on purpose is taken as meant.
+            from calsched.journal.identifiers import check_new_identifier
+
+            await asyncio.to_thread(
+                check_new_identifier, journal.engine, cfg.identifier, why="the host name"
+            )
         lease = await _take_lease(cfg, journal, standby=standby)
         if lease is None:  # a signal while standing by
             return 0

@@ -15,6 +15,7 @@ from calsched.config import (
     HostAdapter,
     default_config_path,
     load_config,
+    setting_names,
 )
 from calsched.errors import ConfigError
 from calsched.model import MAX_ID_CHARS
@@ -118,6 +119,24 @@ heartbeat_interval_s = 9
     assert cfg.scheduler.heartbeat_interval_s == 4  # env > file
     assert cfg.scheduler.history_cap == 5  # file > default
     assert str(cfg.backend_url) == "http://file.example/"
+
+
+def test_each_value_knows_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """source_of names the source that set each setting (doctor prints it; run refuses a
+    defaulted identifier new to a database beside live slots of others)."""
+    path = write(tmp_path / "c.toml", "[control]\nhost = 'localhost'\n")
+    monkeypatch.setenv("CALSCHED_CONTROL__PORT", "2222")
+    cfg = load_config(path, {"log_level": "debug"})
+    assert cfg.source_of("log_level") == "flag"
+    assert cfg.source_of("control.port") == "env CALSCHED_CONTROL__PORT"
+    assert cfg.source_of("control.host") == f"file {path}"
+    assert cfg.source_of("identifier") == "default"
+    assert cfg.defaulted("identifier")
+    assert not load_config(overrides={"identifier": "x"}).defaulted("identifier")
+    assert "scheduler.identifier" not in setting_names()
+    assert "control.port" in setting_names()
+    # Built directly: only "given or not" is known.
+    assert Config(identifier="x").source_of("identifier") == "given"
 
 
 def test_config_file_from_environment_variable(

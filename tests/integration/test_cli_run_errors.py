@@ -125,3 +125,43 @@ def test_remote_backend_without_key(env: dict[str, str]) -> None:
         "error: backend_url is set but there is no API key: set CALSCHED_BACKEND_API_KEY "
         "or backend_api_key_file"
     )
+
+
+def test_a_renamed_host_is_refused_until_an_identifier_is_given(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A defaulted identifier (the host name) new to a database holding live slots of
+    another identifier: one line naming them; an explicit --identifier starts anyway."""
+    from calsched.journal import TransitionRequest
+    from calsched.model import Actor, Slot, Trigger, parse
+
+    journal = Journal.open(env["CALSCHED_DATABASE_URL"], "old-host", upgrade=True)
+    try:
+        slot = parse(Slot, {"id": "s1", "agent_id": "bob"})
+        journal.apply(TransitionRequest("s1", Trigger.receive, Actor.backend, slot=slot))
+    finally:
+        journal.close()
+    del env["CALSCHED_IDENTIFIER"]
+    line = error_line(run(env))
+    assert f"identifier {socket.gethostname()!r} (the host name) is new" in line
+    assert "'old-host' (1 slot, 1 active)" in line
+    assert "--identifier old-host" in line
+    child = subprocess.Popen(
+        [sys.executable, "-m", "calsched", "--identifier", "new-host", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stderr is not None
+        seen = []
+        for text_line in child.stderr:
+            seen.append(text_line)
+            if "daemon started" in text_line:
+                break
+        assert any("daemon started" in x for x in seen), seen
+    finally:
+        child.terminate()
+        child.wait(timeout=TIMEOUT_S)
+        if child.stderr is not None:
+            child.stderr.close()

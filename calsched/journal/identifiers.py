@@ -1,0 +1,94 @@
+"""Which identifiers a journal database holds, and whether a new one may start on it.
+
+The identifier defaults to the host name, so a renamed host (a new container) would start
+on an identifier the database has never seen and silently recover nothing. Nothing new is
+stored for this: every identifier that ever ran keeps its row in ``leases`` (a lease is
+released, never deleted), and the ``slots`` projection says which ones hold live slots.
+:func:`identifiers_in` reads both; :func:`check_new_identifier` is the daemon's refusal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, case, func, inspect, select
+
+from calsched.errors import ConfigError
+from calsched.journal.engine import reading
+from calsched.journal.schema import leases, slots
+from calsched.model import ACTIVE_STATES
+
+__all__ = ["IdentifierUse", "check_new_identifier", "describe_identifiers", "identifiers_in"]
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierUse:
+    """One identifier the database knows: whether it ran (holds a lease row), and how
+    many slots it has, live and in all."""
+
+    identifier: str
+    ran: bool
+    slots: int
+    active: int
+
+
+def identifiers_in(engine: Engine) -> list[IdentifierUse]:
+    """Every identifier that ran on the database or has slots in it, by name.
+
+    Empty for a database without the schema. One pass over the slots' primary key and
+    one over the leases: meant for start-up and for a report that found nothing.
+    """
+    active = func.count(case((slots.c.state.in_(_ACTIVE), 1)))
+    with reading(engine, "journal") as conn:
+        if not inspect(conn).has_table("slots"):
+            return []
+        counts = {
+            row.identifier: (int(row.total), int(row.active))
+            for row in conn.execute(
+                select(
+                    slots.c.identifier, func.count().label("total"), active.label("active")
+                ).group_by(slots.c.identifier)
+            )
+        }
+        ran: set[str] = set()
+        if inspect(conn).has_table("leases"):
+            ran = set(conn.execute(select(leases.c.identifier)).scalars())
+    names = sorted(set(counts) | ran)
+    return [IdentifierUse(name, name in ran, *counts.get(name, (0, 0))) for name in names]
+
+
+def describe_identifiers(uses: list[IdentifierUse]) -> str:
+    """``'host-a' (3 slots, 1 active), 'host-b' (ran, no slots)``: for one line."""
+    parts: list[str] = []
+    for use in uses:
+        if use.slots:
+            what = f"{use.slots} slot{'s' if use.slots != 1 else ''}, {use.active} active"
+        else:
+            what = "ran, no slots"
+        parts.append(f"{use.identifier!r} ({what})")
+    return ", ".join(parts) if parts else "none"
+
+
+def check_new_identifier(engine: Engine, identifier: str, *, why: str) -> None:
+    """Refuse to start a defaulted ``identifier`` the database has never seen while other
+    identifiers hold live slots in it: they would be left unrecovered without a word.
+
+    ``why`` says where the identifier came from (``the host name``). An identifier that
+    ran before (a lease row) or has slots is known and passes, so hosts sharing one
+    database each keep their own. Raises :class:`~calsched.errors.ConfigError`.
+    """
+    uses = identifiers_in(engine)
+    if any(u.identifier == identifier and (u.ran or u.slots) for u in uses):
+        return
+    others = [u for u in uses if u.active]
+    if not others:
+        return
+    names = ", ".join(repr(u.identifier) for u in others)
+    raise ConfigError(
+        f"identifier {identifier!r} ({why}) is new to this database, which holds active "
+        f"slots of {describe_identifiers(others)}; recover them with --identifier "
+        f"{others[0].identifier} (or CALSCHED_IDENTIFIER), or start anew beside {names} "
+        f"with --identifier {identifier}"
+    )
