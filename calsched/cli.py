@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from calsched import __version__
-from calsched.commands import calendar, control, journal, mcp
+from calsched.commands import calendar, control, doctor, journal, mcp, outbox
 from calsched.commands.common import EXIT_ERROR, EXIT_USAGE, CliState, config_of, fail
 from calsched.daemon import EXIT_RESTART, run_daemon
 from calsched.errors import CalschedError
@@ -235,6 +235,8 @@ app.command()(mcp.mcp)
 slots_app.command("add")(calendar.slots_add)
 slots_app.command("list")(calendar.slots_list)
 backend_app.command("serve")(calendar.backend_serve)
+app.add_typer(outbox.outbox_app, name="outbox")
+app.command()(doctor.doctor)
 
 
 def main() -> None:

@@ -23,7 +23,12 @@ Every request goes through, in this order:
    the same key on a different request is 422 ``invalid``.
 
 A call with the admin token is journaled with actor ``operator``, an agent token's with
-``agent``. ``GET /v1/agents/<id>/status`` is what an agent may see of the status: its own
+``agent``. The operator's outbox routes (admin token only) retry a row
+(``POST /v1/outbox/<id>/retry``), every dead row (``POST /v1/outbox/dead/retry``) or
+discard one (``POST /v1/outbox/<id>/discard`` with ``{"reason": ...}``), recorded in
+``operator_actions`` with actor ``operator``; a row that does not exist is 404
+``not_found``, one already delivered or discarded 409 ``settled``.
+``GET /v1/agents/<id>/status`` is what an agent may see of the status: its own
 current slot and its recent history (:class:`~calsched.status.AgentStatus`).
 
 Errors are ``{"error": code, "message": text}``. Errors of the tools map to
@@ -64,12 +69,14 @@ from calsched.errors import (
     JournalUnavailableError,
     LeaseLostError,
     NoActiveSlotError,
+    OutboxRowNotFoundError,
     StaleSlotError,
 )
+from calsched.journal.dead_letters import row_wire
 from calsched.journal.idempotency import MAX_KEY_CHARS, ToolKey
 from calsched.metrics import CONTENT_TYPE, Metrics
 from calsched.model import MAX_ID_CHARS, Actor, Id, SlotView, parse
-from calsched.ports import SlotTools
+from calsched.ports import OutboxTools, SlotTools
 from calsched.status import AgentStatus, SlotEntry
 from calsched.tokens import MIN_SECRET_BYTES, agent_of_token, verify_admin_token
 
@@ -109,6 +116,10 @@ class _ReasonBody(_Body):
     reason: str | None = None
 
 
+class _DiscardBody(_Body):
+    reason: str
+
+
 _B = TypeVar("_B", bound=_Body)
 
 
@@ -141,6 +152,10 @@ def _mapped(exc: CalschedError) -> _ApiError | None:
         return _ApiError(409, "invalid_transition", str(exc))
     if isinstance(exc, InvalidInputError):
         return _ApiError(422, "invalid", str(exc))
+    if isinstance(exc, OutboxRowNotFoundError):
+        return _ApiError(
+            409 if exc.settled else 404, "settled" if exc.settled else "not_found", str(exc)
+        )
     if isinstance(exc, LeaseLostError):
         # Nothing was committed: the daemon is stepping down; ask the new holder.
         return _ApiError(503, "lease_lost", str(exc))
@@ -199,8 +214,10 @@ class _ControlApi:
         metrics: Metrics | None,
         max_body: int,
         max_field: int,
+        outbox: OutboxTools | None = None,
     ) -> None:
         self.tools = tools
+        self.outbox = outbox
         self.secret = secret
         self.metrics = metrics
         self.max_body = max_body
@@ -335,6 +352,32 @@ class _ControlApi:
             call.agent_id, slot_id=body.slot_id, key=call.key, actor=call.actor
         )
 
+    # -- the operator's outbox actions (admin token only) ---------------------------------
+
+    def _outbox_tools(self, request: Request) -> OutboxTools:
+        self._admin(request)
+        if self.outbox is None:
+            raise _ApiError(404, "not_found", "outbox actions are not served here")
+        return self.outbox
+
+    async def outbox_retry(self, request: Request) -> Response:
+        tools = self._outbox_tools(request)
+        await self._read(request)  # no fields; read so the body's size is still capped
+        ids = await tools.retry(int(request.path_params["row_id"]), actor=Actor.operator)
+        return JSONResponse({"retried": ids})
+
+    async def outbox_retry_dead(self, request: Request) -> Response:
+        tools = self._outbox_tools(request)
+        await self._read(request)
+        return JSONResponse({"retried": await tools.retry(None, actor=Actor.operator)})
+
+    async def outbox_discard(self, request: Request) -> Response:
+        tools = self._outbox_tools(request)
+        body = await self._body(request, _DiscardBody)
+        row_id = int(request.path_params["row_id"])
+        row = await tools.discard(row_id, body.reason, actor=Actor.operator)
+        return JSONResponse({"discarded": row_wire(row), "reason": body.reason})
+
     # -- idempotency ----------------------------------------------------------------------
 
     async def _once(
@@ -446,12 +489,14 @@ def create_control_app(
     allowed_hosts: Sequence[str] = DEFAULT_ALLOWED_HOSTS,
     max_body: int = MAX_BODY,
     max_field: int = MAX_FIELD,
+    outbox: OutboxTools | None = None,
 ) -> Starlette:
     """The control API (protocol section 2) serving ``tools``, as an ASGI app.
 
     ``secret`` is the daemon secret tokens are derived from (:mod:`calsched.tokens`);
     ``metrics``, if given, is served at ``/metrics``; ``allowed_hosts`` are the names
-    accepted in the ``Host`` header (an IPv6 address in brackets, as in ``[::1]``).
+    accepted in the ``Host`` header (an IPv6 address in brackets, as in ``[::1]``);
+    ``outbox``, if given, serves the operator's outbox actions (``/v1/outbox/...``).
     Raises :class:`~calsched.errors.ConfigError` for an unusable setting.
     """
     if len(secret) < MIN_SECRET_BYTES:
@@ -460,7 +505,7 @@ def create_control_app(
         raise ConfigError("allowed_hosts must be a non-empty list of host names")
     if max_body < 1 or max_field < 1:
         raise ConfigError("max_body and max_field must be positive")
-    api = _ControlApi(tools, secret, metrics, max_body, max_field)
+    api = _ControlApi(tools, secret, metrics, max_body, max_field, outbox)
     # :path so an agent id holding "/" (sent as %2F, decoded before routing) still routes.
     agent = "/v1/agents/{agent_id:path}/slot"
     routes = [
@@ -473,6 +518,9 @@ def create_control_app(
         Route(f"{agent}/abort", _endpoint(api.abort), methods=["POST"]),
         Route(f"{agent}/pause", _endpoint(api.pause), methods=["POST"]),
         Route(f"{agent}/resume", _endpoint(api.resume), methods=["POST"]),
+        Route("/v1/outbox/dead/retry", _endpoint(api.outbox_retry_dead), methods=["POST"]),
+        Route("/v1/outbox/{row_id:int}/retry", _endpoint(api.outbox_retry), methods=["POST"]),
+        Route("/v1/outbox/{row_id:int}/discard", _endpoint(api.outbox_discard), methods=["POST"]),
     ]
     allowed = frozenset(host.strip().lower() for host in allowed_hosts)
     return Starlette(

@@ -300,7 +300,11 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             failpoint=failpoint,
         )
         app = create_control_app(
-            scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
+            scheduler,
+            secret=secret,
+            metrics=metrics,
+            allowed_hosts=_allowed_hosts(cfg.control),
+            outbox=scheduler.dead_letters,
         )
         server = serve_control(app, cfg.control.host, cfg.control.port)
         try:

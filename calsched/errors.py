@@ -10,6 +10,7 @@
     ├── StaleSlotError (RuntimeError)         a tool call named a slot that is not current
     ├── AgentBusyError (RuntimeError)         dispatch while the agent has a current slot
     ├── SlotNotFoundError (LookupError)       no such slot in the journal
+    ├── OutboxRowNotFoundError (LookupError)  no such undelivered outbox row
     ├── WakeFailedError (RuntimeError)        the host did not accept a wake
     ├── JournalError (RuntimeError)           the database cannot be used
     │   ├── SchemaVersionError                the database schema is older or newer than the code
@@ -45,6 +46,7 @@ __all__ = [
     "LeaseHeldError",
     "LeaseLostError",
     "NoActiveSlotError",
+    "OutboxRowNotFoundError",
     "SchemaVersionError",
     "SlotNotFoundError",
     "StaleSlotError",
@@ -125,6 +127,16 @@ class SlotNotFoundError(CalschedError, LookupError):
     def __init__(self, slot_id: str) -> None:
         self.slot_id = slot_id
         super().__init__(f"no slot by the id of {slot_id!r} was found")
+
+
+class OutboxRowNotFoundError(CalschedError, LookupError):
+    """No outbox row by that id waits for delivery (none such, or already settled)."""
+
+    def __init__(self, row_id: int, *, settled: bool = False) -> None:
+        self.row_id = row_id
+        self.settled = settled
+        what = "was already delivered or discarded" if settled else "does not exist"
+        super().__init__(f"outbox row {row_id} {what}")
 
 
 class JournalError(CalschedError, RuntimeError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from calsched.journal.idempotency import Remembered, ToolKey
+from calsched.journal.rows import OutboxRow
 from calsched.model import (
     Actor,
     AgentReport,
@@ -26,7 +27,7 @@ from calsched.model import (
 )
 from calsched.status import SchedulerStatus
 
-__all__ = ["Backend", "Host", "SlotTools", "WakeRequest"]
+__all__ = ["Backend", "Host", "OutboxTools", "SlotTools", "WakeRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,4 +167,23 @@ class SlotTools(Protocol):
 
     def status(self) -> SchedulerStatus:
         """The scheduler status in the protocol's shape (section 2)."""
+        ...
+
+
+class OutboxTools(Protocol):
+    """The operator's outbox actions, as the scheduler serves them to the control API
+    (:mod:`calsched.journal.dead_letters` has the rules)."""
+
+    async def retry(self, row_id: int | None, *, actor: Actor = Actor.operator) -> list[int]:
+        """Make a row (``None``: every dead row) due now; the ids retried.
+
+        Raises :class:`~calsched.errors.OutboxRowNotFoundError` for a row that does not
+        wait for delivery.
+        """
+        ...
+
+    async def discard(
+        self, row_id: int, reason: str, *, actor: Actor = Actor.operator
+    ) -> OutboxRow:
+        """Settle a row without delivering it, recording who and why; the row as it was."""
         ...

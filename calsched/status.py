@@ -99,6 +99,8 @@ class OutboxSummary(WireModel):
 
     pending: int = 0
     dead: int = 0
+    #: The slots with a dead-lettered row, by id (the first 20; ``dead`` counts them all).
+    dead_slots: list[str] = []
 
 
 class LeaseStatus(WireModel):

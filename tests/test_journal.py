@@ -429,7 +429,7 @@ def test_mark_delivered_and_mark_dead(
         "HTTP 422: unknown slot",
     )
     assert second.delivered_at is None
-    assert journal.outbox_counts() == OutboxCounts(pending=0, dead=1)
+    assert journal.outbox_counts() == OutboxCounts(pending=0, dead=1, dead_slots=("a",))
     assert journal.due_outbox(clock.now) == []
     journal.apply(TransitionRequest("a", T.resume, Actor.agent))
     third = journal.outbox_rows(slot_id="a")[-1]

@@ -22,7 +22,10 @@ from calsched.journal.statements import Statements
 from calsched.journal.transitions import Applied, TransitionRequest, Transitions
 from calsched.model import Actor, Event, SlotState, Trigger
 
-__all__ = ["OutboxLog"]
+__all__ = ["DEAD_SLOTS_SHOWN", "OutboxLog"]
+
+#: How many dead-lettered slots the counts name (status, metrics); the rest are counted.
+DEAD_SLOTS_SHOWN = 20
 
 
 class OutboxLog:
@@ -166,7 +169,25 @@ class OutboxLog:
         )
         with self._read() as conn:
             undelivered, dead = conn.execute(stmt).one()
-        return OutboxCounts(pending=int(undelivered) - int(dead), dead=int(dead))
+            # Status names the dead-lettered slots; there are few, and usually none.
+            dead_slots = self._dead_slots(conn) if dead else ()
+        return OutboxCounts(
+            pending=int(undelivered) - int(dead), dead=int(dead), dead_slots=dead_slots
+        )
+
+    def _dead_slots(self, conn: Connection) -> tuple[str, ...]:
+        stmt = (
+            select(outbox.c.slot_id)
+            .where(
+                outbox.c.identifier == self.identifier,
+                outbox.c.delivered_at.is_(None),
+                outbox.c.dead_at.is_not(None),
+            )
+            .distinct()
+            .order_by(outbox.c.slot_id)
+            .limit(DEAD_SLOTS_SHOWN)
+        )
+        return tuple(conn.execute(stmt).scalars())
 
     def outbox_rows(self, *, slot_id: str | None = None) -> list[OutboxRow]:
         """Every outbox row (of one slot, if given) in order."""

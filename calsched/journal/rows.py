@@ -62,6 +62,8 @@ class OutboxCounts:
 
     pending: int
     dead: int
+    #: The slots of the dead rows, by id (the first :data:`DEAD_SLOTS_SHOWN`).
+    dead_slots: tuple[str, ...] = ()
 
 
 def event_values(event: Event) -> dict[str, Any]:

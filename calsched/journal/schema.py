@@ -11,6 +11,8 @@ Tables:
 - ``idempotency_keys``: the first answer to each control API call an agent made with an
   ``Idempotency-Key``, written in the transaction of the change it answers
   (:mod:`calsched.journal.idempotency`).
+- ``operator_actions``: what an operator did outside the slots' own triggers (an outbox
+  row retried or discarded), by whom and why (:mod:`calsched.journal.dead_letters`).
 - ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
   backend serves, kept in the same database so a quickstart needs one file.
 """
@@ -52,6 +54,7 @@ __all__ = [
     "idempotency_keys",
     "leases",
     "metadata",
+    "operator_actions",
     "outbox",
     "slots",
 ]
@@ -214,6 +217,21 @@ idempotency_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Expiry deletes by age: without this index it would walk every key.
     Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("identifier", String(MAX_ID_CHARS), nullable=False),
+    #: ``outbox_retry`` or ``outbox_discard``.
+    Column("action", String(32), nullable=False),
+    Column("actor", String(16), nullable=False),
+    Column("outbox_id", BigInteger, nullable=True),
+    Column("slot_id", String(MAX_ID_CHARS), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Index("ix_operator_actions_identifier", "identifier", "id"),
 )
 
 calendar_slots = Table(

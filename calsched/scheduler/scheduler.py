@@ -31,11 +31,13 @@ from typing import Any
 
 from calsched.errors import ConfigError
 from calsched.journal import Journal
+from calsched.journal.dead_letters import DeadLetters
 from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger, utcnow
 from calsched.ports import Backend, Host
+from calsched.scheduler.dead_letters import DeadLetterDesk
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.heartbeat import Heartbeat
@@ -132,6 +134,12 @@ class Scheduler:
         )
         keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
         self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys)
+        #: The operator's outbox actions (retry, discard), for the control API.
+        self.dead_letters = DeadLetterDesk(
+            self._gateway,
+            self._outbox,
+            DeadLetters(journal.engine, journal.identifier, clock=clock),
+        )
         #: Set when a heartbeat answers ``restart_pending: true``.
         self.restart_requested = self._heartbeat.restart_requested
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
@@ -354,7 +362,9 @@ class Scheduler:
             backend=self._heartbeat.health,
             active=[SlotEntry.from_view(v) for v in self._live.sorted()],
             history=list(self._history)[::-1],
-            outbox=OutboxSummary(pending=counts.pending, dead=counts.dead),
+            outbox=OutboxSummary(
+                pending=counts.pending, dead=counts.dead, dead_slots=list(counts.dead_slots)
+            ),
             restart_pending=self._heartbeat.restart_pending,
             lease=self._lease_status() if self._lease_status is not None else None,
         )
