@@ -58,6 +58,11 @@ COMMANDS: list[tuple[str, ...]] = [
     ("db", "current"),
     ("backend",),
     ("backend", "serve"),
+    ("outbox",),
+    ("outbox", "list"),
+    ("outbox", "retry"),
+    ("outbox", "discard"),
+    ("doctor",),
     ("demo",),  # calsched.demo's; its own tests run it
 ]
 

@@ -29,6 +29,7 @@ OUR_TABLES = {
     "outbox",
     "leases",
     "idempotency_keys",
+    "operator_actions",
     "calendar_slots",
     "calendar_receipts",
 }

@@ -87,7 +87,7 @@ def full_status() -> SchedulerStatus:
         backend=BackendHealth(last_ok=AT, last_error="HTTP 503", key_refused=True),
         active=[SlotEntry.from_view(view())],
         history=[HistoryEntry.from_view(view(SlotState.completed))],
-        outbox=OutboxSummary(pending=2, dead=1),
+        outbox=OutboxSummary(pending=2, dead=1, dead_slots=["s-9"]),
         restart_pending=True,
         lease=LeaseStatus(
             state="held",
@@ -124,7 +124,7 @@ def test_the_status_has_exactly_the_protocols_keys() -> None:
         "last_error": "HTTP 503",
         "key_refused": True,
     }
-    assert wire["outbox"] == {"pending": 2, "dead": 1}
+    assert wire["outbox"] == {"pending": 2, "dead": 1, "dead_slots": ["s-9"]}
     assert wire["enabled"] is True
     assert wire["lease"] == {
         "state": "held",

@@ -37,7 +37,7 @@ from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
 from calsched.model import Actor, SlotState, SlotView, Trigger, utcnow
 from calsched.ports import Backend, Host
-from calsched.scheduler.dead_letters import DeadLetterDesk
+from calsched.scheduler.dead_letter_desk import DeadLetterDesk
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.heartbeat import Heartbeat
