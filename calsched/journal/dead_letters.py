@@ -8,8 +8,12 @@ visible, and is never tried again by itself. An operator may
   again (a pending row retried is simply due now: its backoff is cut short); or
 - **discard** it: the row is settled without being delivered: ``delivered_at`` set beside
   its ``dead_at`` (a pending row discarded gets both), ``last_error`` saying
-  ``discarded by the operator: <reason>``. The slot's next row is then no longer held
-  behind it.
+  ``discarded by the operator: <reason>``; it no longer counts as dead.
+
+A dead row does not hold its slot's later rows back, so a later status may have reached
+the backend meanwhile: such a row is not retried (the backend would hear an older status
+after a newer one); it can only be discarded. A revived row that is older than its slot's
+pending rows goes first again, in order.
 
 Each action is recorded in ``operator_actions`` (actor ``operator``, the row, its slot,
 the reason, when) in the transaction that makes it, so the journal says who did what.
@@ -117,9 +121,11 @@ class DeadLetters:
     # -- writes (inside the caller's write transaction) -----------------------------------
 
     def retry_in(self, conn: Connection, row_id: int | None, actor: Actor) -> list[int]:
-        """Make a row (``None``: every dead row) due now, dead or not; the rows retried.
+        """Make a row (``None``: every dead row not overtaken) due now, dead or not; the
+        rows retried.
 
-        Raises :class:`OutboxRowNotFoundError` for a row that does not wait.
+        Raises :class:`OutboxRowNotFoundError` for a row that does not wait, and
+        :class:`InvalidInputError` for one a later delivered row of its slot overtook.
         """
         now = self._clock()
         if row_id is None:
@@ -134,9 +140,17 @@ class DeadLetters:
                     .order_by(outbox.c.id)
                 ).scalars()
             )
-            rows = [self._waiting(conn, i) for i in ids]
+            rows = [
+                r for r in (self._waiting(conn, i) for i in ids) if not self._overtaken(conn, r)
+            ]
         else:
             rows = [self._waiting(conn, row_id)]
+            if self._overtaken(conn, rows[0]):
+                raise InvalidInputError(
+                    "id",
+                    f"a later status of slot {rows[0].slot_id} reached the backend since; "
+                    "retrying would send an older one after it (discard the row instead)",
+                )
         for row in rows:
             conn.execute(
                 update(outbox).where(outbox.c.id == row.id).values(dead_at=None, next_try_at=now)
@@ -180,6 +194,17 @@ class DeadLetters:
         if row.delivered_at is not None:
             raise OutboxRowNotFoundError(row_id, settled=True)
         return row
+
+    def _overtaken(self, conn: Connection, row: OutboxRow) -> bool:
+        """Whether a later row of the same slot was delivered (not discarded)."""
+        later = select(outbox.c.id).where(
+            outbox.c.identifier == self.identifier,
+            outbox.c.slot_id == row.slot_id,
+            outbox.c.id > row.id,
+            outbox.c.delivered_at.is_not(None),
+            outbox.c.dead_at.is_(None),
+        )
+        return conn.execute(later.limit(1)).first() is not None
 
     def _record(
         self,
