@@ -285,6 +285,9 @@ def _print_status(data: Any) -> None:
         f"outbox pending {outbox.pending}  dead {outbox.dead}  "
         f"restart pending {status.restart_pending}"
     )
+    if outbox.dead_slots:
+        # The first few slots by id: `outbox list --dead` shows every row.
+        out.print(f"dead-lettered: {', '.join(outbox.dead_slots)} (`calsched outbox list --dead`)")
     lease = status.lease
     if lease is not None:
         lost = f"  LOST: {lease.lost}" if lease.lost else ""
