@@ -79,6 +79,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
     monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
+    # Not the default port: `token` asks it whether a daemon of another secret runs there.
+    monkeypatch.setenv("CALSCHED_CONTROL__PORT", str(free_port()))
     return tmp_path
 
 

@@ -59,6 +59,9 @@ def token(
 ) -> None:
     """Print a bearer token for the control API (makes the secret file if missing).
 
+    Refused when the secret file is missing but a daemon answers on the control port:
+    that daemon uses another secret file, and a new secret's tokens would be refused.
+
     Example: calsched token --agent bob
     """
     from calsched.tokens import admin_token, agent_token
@@ -66,12 +69,35 @@ def token(
     if (agent is None) == (not admin):
         fail("give exactly one of --agent ID or --admin", EXIT_USAGE)
     cfg = config_of(ctx)
+    _refuse_a_second_secret(cfg)
     secret = _secret(cfg, create=True)
     value = admin_token(secret) if admin else agent_token(secret, agent or "")
     if as_json:
         print_json({"agent": None if admin else agent, "admin": admin, "token": value})
         return
     typer.echo(value)
+
+
+def _refuse_a_second_secret(cfg: Config) -> None:
+    """No secret file here, yet a daemon answers on the control port: it runs with
+    another secret file (another HOME, another config). A new secret would print tokens
+    that daemon refuses, so none is made."""
+    import httpx
+
+    path = cfg.control.secret_file.expanduser()
+    if path.exists():
+        return
+    try:
+        answer = httpx.get(f"{cfg.control.url}/healthz", timeout=3.0)
+        running = answer.status_code == 200 and answer.json() == {"ok": True}
+    except (httpx.HTTPError, ValueError):
+        return
+    if running:
+        fail(
+            f"no control secret at {path}, but a calsched daemon answers at "
+            f"{cfg.control.url}: it uses another secret file; set CALSCHED_CONTROL__SECRET_FILE "
+            "(or control.secret_file) to the daemon's instead of making a new secret"
+        )
 
 
 def _control_call(

@@ -297,3 +297,18 @@ async def test_as_operator_uses_the_admin_token(
     monkeypatch.delenv("CALSCHED_TOKEN")
     await cli("complete", "--agent", "bob")
     assert [a.value for a in tools.actors] == ["operator", "agent"]
+
+
+async def test_token_refuses_a_second_secret_while_a_daemon_runs(
+    control: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under another HOME the secret file is missing, but a daemon answers on the port:
+    no new secret is made, and the line says which setting points at the daemon's."""
+    elsewhere = tmp_path / "other-home" / "control.secret"
+    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(elsewhere))
+    line = error_line(await cli("token", "--agent", "bob", code=1))
+    assert line.startswith(f"error: no control secret at {elsewhere}, but a calsched daemon")
+    assert "CALSCHED_CONTROL__SECRET_FILE" in line
+    assert not elsewhere.exists()
+    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
+    assert (await cli("token", "--agent", "bob")).stdout.strip() == agent_token(control, "bob")
