@@ -446,7 +446,13 @@ def test_events(filled: Journal) -> None:
 def test_journal_verify_and_rebuild(filled: Journal) -> None:
     """verify passes, fails listing a tampered row (exit 1), and passes after rebuild."""
     assert "ok:" in cli("journal", "verify").stdout
-    assert json.loads(cli("journal", "verify", "--json").stdout) == {"ok": True, "mismatches": []}
+    assert json.loads(cli("journal", "verify", "--json").stdout) == {
+        "ok": True,
+        "slots": 3,
+        "events": 9,
+        "mismatches": [],
+    }
+    assert "(checked 3 slot(s) and 9 event(s) of 'host-a')" in cli("journal", "verify").stdout
     with filled.engine.begin() as conn:
         conn.execute(text("UPDATE slots SET state = 'paused' WHERE slot_id = 's1'"))
     failed = cli("journal", "verify", code=1)
@@ -653,3 +659,25 @@ def test_mcp_token_is_read_from_the_file_when_the_environment_has_none(env: Path
     path = env / "bob.token"
     path.write_text("agent.Ym9i.mac\n")
     assert _token(path) == "agent.Ym9i.mac"
+
+
+def test_reports_on_a_database_of_another_identifier_name_it(
+    db_path: Path, drive: Callable[..., SlotView]
+) -> None:
+    """history, events and journal verify find nothing for host-a, and say which
+    identifiers the database holds; verify says how much it checked."""
+    other = Journal.open(f"sqlite:///{db_path}", "old-host", upgrade=True)
+    try:
+        drive(other, "s1", SlotState.in_progress)
+    finally:
+        other.close()
+    hint = "this database holds identifier 'old-host' (1 slot, 1 active)"
+    assert hint in cli("history").stderr
+    assert hint in cli("events").stderr
+    verified = cli("journal", "verify").stdout
+    assert "checked 0 slot(s) and 0 event(s) of 'host-a'" in verified
+    assert hint in verified
+    mine = cli("--identifier", "old-host", "journal", "verify", "--json").stdout
+    assert json.loads(mine)["slots"] == 1
+    assert json.loads(mine)["events"] == 3
+    assert "holds identifier" not in cli("--identifier", "old-host", "history").stderr

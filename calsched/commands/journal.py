@@ -9,7 +9,7 @@ import csv
 import sys
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +28,9 @@ from calsched.commands.common import (
     sqlite_path,
 )
 from calsched.model import Event, SlotState, SlotView, format_time
+
+if TYPE_CHECKING:
+    from calsched.journal import Journal
 
 __all__ = [
     "HistoryFormat",
@@ -106,6 +109,7 @@ def history(
         views = journal.history(
             agent_id=agent, state=state, since=since_at, until=until_at, limit=limit or None
         )
+        hint = "" if views else _others_hint(journal)
     rows = [_history_row(v) for v in views]
     if output is HistoryFormat.json:
         print_json(rows)
@@ -129,7 +133,7 @@ def history(
             )
         console().print(table)
         if not rows:
-            typer.echo("no slots match", err=True)
+            typer.echo("no slots match" + hint, err=True)
 
 
 def _event_row(event: Event) -> dict[str, Any]:
@@ -162,6 +166,7 @@ def events(
     cfg = config_of(ctx)
     with open_journal(cfg) as journal:
         found = journal.events(slot, limit=limit or None)
+        hint = "" if found else _others_hint(journal)
     rows = [_event_row(e) for e in found]
     if as_json:
         print_json(rows)
@@ -183,7 +188,7 @@ def events(
         )
     console().print(table)
     if not rows:
-        typer.echo("no events" + (f" for slot {slot!r}" if slot else ""), err=True)
+        typer.echo("no events" + (f" for slot {slot!r}" if slot else "") + hint, err=True)
 
 
 def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
@@ -192,12 +197,19 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
     Example: calsched journal verify
     """
     cfg = config_of(ctx)
+    from calsched.journal.identifiers import journal_size
+
     with open_journal(cfg) as journal:
         mismatches = journal.verify()
+        slot_count, event_count = journal_size(journal.engine, cfg.identifier)
+        hint = "" if slot_count else _others_hint(journal)
+    checked = f"checked {slot_count} slot(s) and {event_count} event(s) of {cfg.identifier!r}"
     if as_json:
         print_json(
             {
                 "ok": not mismatches,
+                "slots": slot_count,
+                "events": event_count,
                 "mismatches": [
                     {
                         "identifier": m.identifier,
@@ -214,12 +226,19 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
         for mismatch in mismatches:
             typer.echo(f"mismatch: {mismatch}")
     else:
-        typer.echo("ok: the slots projection matches the events")
+        typer.echo(f"ok: the slots projection matches the events ({checked}){hint}")
     if mismatches:
         fail(
             f"{len(mismatches)} mismatch(es) between the projection and the events; "
             "`calsched journal rebuild` recomputes the projection"
         )
+
+
+def _others_hint(journal: Journal) -> str:
+    """What a report that found nothing adds: the database's other identifiers, if any."""
+    from calsched.journal.identifiers import others_hint
+
+    return others_hint(journal.engine, journal.identifier)
 
 
 def _jsonable(value: object) -> Any:

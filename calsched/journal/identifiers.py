@@ -15,10 +15,17 @@ from sqlalchemy import Engine, case, func, inspect, select
 
 from calsched.errors import ConfigError
 from calsched.journal.engine import reading
-from calsched.journal.schema import leases, slots
+from calsched.journal.schema import events, leases, slots
 from calsched.model import ACTIVE_STATES
 
-__all__ = ["IdentifierUse", "check_new_identifier", "describe_identifiers", "identifiers_in"]
+__all__ = [
+    "IdentifierUse",
+    "check_new_identifier",
+    "describe_identifiers",
+    "identifiers_in",
+    "journal_size",
+    "others_hint",
+]
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 
@@ -92,3 +99,35 @@ def check_new_identifier(engine: Engine, identifier: str, *, why: str) -> None:
         f"{others[0].identifier} (or CALSCHED_IDENTIFIER), or start anew beside {names} "
         f"with --identifier {identifier}"
     )
+
+
+def others_hint(engine: Engine, identifier: str) -> str:
+    """For a report that found nothing: ``"; ... this database holds identifier 'x' (...)"``
+    when ``identifier`` has no slots but others do (or ran), else ``""``.
+
+    A database of another identifier (a renamed host) then says so instead of looking
+    empty.
+    """
+    uses = identifiers_in(engine)
+    if any(u.identifier == identifier and u.slots for u in uses):
+        return ""  # the identifier has slots: a filter matched none, nothing to explain
+    others = [u for u in uses if u.identifier != identifier]
+    if not others:
+        return ""
+    plural = "s" if len(others) > 1 else ""
+    return (
+        f"; identifier {identifier!r} has none, but this database holds identifier{plural} "
+        f"{describe_identifiers(others)} (--identifier to read them)"
+    )
+
+
+def journal_size(engine: Engine, identifier: str) -> tuple[int, int]:
+    """How many slots and events ``identifier`` has (for ``journal verify``'s report)."""
+    with reading(engine, "journal") as conn:
+        slot_count = conn.execute(
+            select(func.count()).select_from(slots).where(slots.c.identifier == identifier)
+        ).scalar_one()
+        event_count = conn.execute(
+            select(func.count()).select_from(events).where(events.c.identifier == identifier)
+        ).scalar_one()
+    return int(slot_count), int(event_count)
