@@ -38,11 +38,25 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: The path or URL inside ``detail``: shortened from its start first when the line
+    #: is too long, so the verdict after it stays readable.
+    subject: str = ""
 
     def line(self) -> str:
-        """``ok   database    ...``, cut to 80 columns."""
-        text = f"{'ok' if self.ok else 'FAIL':<4} {self.name:<11} {self.detail}"
-        return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
+        """``ok   database    ...``, fitted to 80 columns."""
+        return _fit(f"{'ok' if self.ok else 'FAIL':<4} {self.name:<11} {self.detail}", self.subject)
+
+
+def _fit(text: str, subject: str = "") -> str:
+    """``text`` within :data:`WIDTH` columns: ``subject`` (each time it occurs) keeps its
+    end (``…/calsched/calsched.db``), then the line is cut if it is still too long."""
+    times = text.count(subject) if subject else 0
+    if len(text) > WIDTH and times:
+        cut = -(-(len(text) - WIDTH) // times) + 1  # per occurrence, and one for the "…"
+        keep = max(12, len(subject) - cut)
+        if keep < len(subject):
+            text = text.replace(subject, "…" + subject[len(subject) - keep + 1 :])
+    return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
 
 
 def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
@@ -85,7 +99,7 @@ def _report(checks: list[Check], settings: list[dict[str, str]], as_json: bool) 
         typer.echo("settings (value, source):")
         for item in settings:
             text = f"  {item['name']} = {item['value']}  ({item['source']})"
-            typer.echo(text if len(text) <= WIDTH else text[: WIDTH - 1] + "…")
+            typer.echo(_fit(text, item["value"]))
 
 
 # -- the checks --------------------------------------------------------------------------
@@ -95,13 +109,13 @@ def _config_file(state: Any) -> Check:
     from calsched.config import CONFIG_ENV, default_config_path
 
     if isinstance(state, CliState) and state.config_path is not None:
-        return Check("config", True, f"{state.config_path} (--config)")
+        return Check("config", True, f"{state.config_path} (--config)", str(state.config_path))
     named = os.environ.get(CONFIG_ENV)
     if named:
-        return Check("config", True, f"{named} ({CONFIG_ENV})")
+        return Check("config", True, f"{named} ({CONFIG_ENV})", named)
     default = default_config_path()
     if default.is_file():
-        return Check("config", True, f"{default} (the user config file)")
+        return Check("config", True, f"{default} (the user config file)", str(default))
     return Check("config", True, "no file: defaults, CALSCHED_* and flags")
 
 
@@ -114,12 +128,15 @@ def _identifier(cfg: Config) -> Check:
 def _secret_file(cfg: Config) -> Check:
     path = cfg.control.secret_file.expanduser()
     if not path.exists():
-        return Check("secret", True, f"{path} (none yet: run makes it)")
+        return Check("secret", True, f"{path} (none yet: run makes it)", str(path))
     from calsched.tokens import load_or_create_secret
 
-    load_or_create_secret(path)  # raises ConfigError for an open mode or a short file
+    try:
+        load_or_create_secret(path)  # an open mode or a short file is refused
+    except CalschedError as exc:
+        return Check("secret", False, str(exc), str(path))
     mode = stat.S_IMODE(path.stat().st_mode)
-    return Check("secret", True, f"{path} (mode {mode:04o})")
+    return Check("secret", True, f"{path} (mode {mode:04o})", str(path))
 
 
 def _database(cfg: Config) -> Check:
@@ -129,7 +146,7 @@ def _database(cfg: Config) -> Check:
     shown = cfg.database_display()
     path = sqlite_path(cfg.database_url)
     if path is not None and not path.exists():
-        return Check("database", True, f"{shown} (none yet: run makes it)")
+        return Check("database", True, f"{shown} (none yet: run makes it)", shown)
     engine = make_engine(cfg.database_url, synchronous=cfg.sqlite_synchronous)
     try:
         current = migrate.current_revision(engine)
@@ -137,9 +154,10 @@ def _database(cfg: Config) -> Check:
         engine.dispose()
     head = migrate.head_revision()
     if current == head:
-        return Check("database", True, f"{shown}, schema {current} (head)")
+        return Check("database", True, f"{shown}, schema {current} (head)", shown)
     hint = "`calsched db upgrade` migrates it"
-    return Check("database", False, f"{shown}, schema {current or 'none'}, head {head}; {hint}")
+    detail = f"{shown}, schema {current or 'none'}, head {head}; {hint}"
+    return Check("database", False, detail, shown)
 
 
 def _control(cfg: Config) -> Check:
@@ -165,12 +183,14 @@ def _backend(cfg: Config) -> Check:
         return Check("backend", True, "the embedded calendar (in the journal database)")
     url = str(cfg.backend_url)
     if cfg.backend_key() is None:
-        return Check("backend", False, f"{url}: no API key (CALSCHED_BACKEND_API_KEY or _file)")
+        return Check(
+            "backend", False, f"{url}: no API key (CALSCHED_BACKEND_API_KEY or _file)", url
+        )
     try:
         response = httpx.get(url, timeout=TIMEOUT_S)
     except httpx.HTTPError as exc:
-        return Check("backend", False, f"{url} unreachable: {type(exc).__name__}")
-    return Check("backend", True, f"{url} answers (HTTP {response.status_code})")
+        return Check("backend", False, f"{url} unreachable: {type(exc).__name__}", url)
+    return Check("backend", True, f"{url} answers (HTTP {response.status_code})", url)
 
 
 def _host(cfg: Config) -> Check:
@@ -182,13 +202,13 @@ def _host(cfg: Config) -> Check:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if _listening(parts.hostname or "", port):
-            return Check("host", True, f"webhook {url} reachable")
-        return Check("host", False, f"webhook {url}: nothing listens there")
+            return Check("host", True, f"webhook {url} reachable", url)
+        return Check("host", False, f"webhook {url}: nothing listens there", url)
     if host.adapter is HostAdapter.command:
         program = (host.command or [""])[0]
         found = shutil.which(program)
         if found:
-            return Check("host", True, f"command {found}")
+            return Check("host", True, f"command {found}", found)
         return Check("host", False, f"command {program!r} not found or not executable")
     return Check("host", True, f"{host.adapter.value}")
 
