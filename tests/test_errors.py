@@ -23,6 +23,7 @@ from calsched.errors import (
     LeaseHeldError,
     LeaseLostError,
     NoActiveSlotError,
+    OutboxRowNotFoundError,
     SchemaVersionError,
     SlotNotFoundError,
     StaleSlotError,
@@ -38,6 +39,7 @@ TREE: list[tuple[type[Exception], type[Exception]]] = [
     (StaleSlotError, RuntimeError),
     (AgentBusyError, RuntimeError),
     (SlotNotFoundError, LookupError),
+    (OutboxRowNotFoundError, LookupError),
     (WakeFailedError, RuntimeError),
     (JournalError, RuntimeError),
     (SchemaVersionError, JournalError),
@@ -181,3 +183,11 @@ def test_journal_unavailable_names_its_cause_not_the_driver_sentence() -> None:
     exc = JournalUnavailableError("journal", "disk full", "database or disk is full")
     assert str(exc) == "journal unavailable: disk full"
     assert (exc.what, exc.cause, exc.detail) == ("journal", "disk full", "database or disk is full")
+
+
+def test_outbox_row_not_found_says_whether_it_was_settled() -> None:
+    """OutboxRowNotFoundError names the row, and whether it is gone or already settled."""
+    assert str(OutboxRowNotFoundError(7)) == "outbox row 7 does not exist"
+    settled = OutboxRowNotFoundError(7, settled=True)
+    assert (settled.row_id, settled.settled) == (7, True)
+    assert str(settled) == "outbox row 7 was already delivered or discarded"

@@ -43,9 +43,7 @@ def upgrade() -> None:
         sa.Column("recorded_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_operator_actions"),
     )
-    op.create_index(
-        "ix_operator_actions_identifier", "operator_actions", ["identifier", "id"]
-    )
+    op.create_index("ix_operator_actions_identifier", "operator_actions", ["identifier", "id"])
 
 
 def downgrade() -> None:

@@ -98,6 +98,4 @@ def test_retry_and_discard_go_through_the_daemon(daemon: tuple[dict[str, str], i
     # doctor sees the daemon on the port (and fails only the host check: none is set).
     doctor = cli(env, "doctor", code=1).stdout
     assert "a calsched daemon answers /healthz" in doctor
-    assert [line.split()[1] for line in doctor.splitlines() if line.startswith("FAIL")] == [
-        "host"
-    ]
+    assert [line.split()[1] for line in doctor.splitlines() if line.startswith("FAIL")] == ["host"]
