@@ -66,6 +66,18 @@ def identifiers_in(engine: Engine) -> list[IdentifierUse]:
     return [IdentifierUse(name, name in ran, *counts.get(name, (0, 0))) for name in names]
 
 
+def _known(engine: Engine, identifier: str) -> bool:
+    """Whether ``identifier`` ran on the database (a lease row) or has a slot there."""
+    with reading(engine, "journal") as conn:
+        if not inspect(conn).has_table("leases"):
+            return False
+        ran = conn.execute(select(leases.c.identifier).where(leases.c.identifier == identifier))
+        if ran.first() is not None:
+            return True
+        mine = select(slots.c.slot_id).where(slots.c.identifier == identifier).limit(1)
+        return conn.execute(mine).first() is not None
+
+
 def describe_identifiers(uses: list[IdentifierUse]) -> str:
     """``'host-a' (3 slots, 1 active), 'host-b' (ran, no slots)``: for one line."""
     parts: list[str] = []
@@ -86,10 +98,9 @@ def check_new_identifier(engine: Engine, identifier: str, *, why: str) -> None:
     ran before (a lease row) or has slots is known and passes, so hosts sharing one
     database each keep their own. Raises :class:`~calsched.errors.ConfigError`.
     """
-    uses = identifiers_in(engine)
-    if any(u.identifier == identifier and (u.ran or u.slots) for u in uses):
-        return
-    others = [u for u in uses if u.active]
+    if _known(engine, identifier):
+        return  # every start after the first: two primary-key lookups, no scan
+    others = [u for u in identifiers_in(engine) if u.active]
     if not others:
         return
     names = ", ".join(repr(u.identifier) for u in others)

@@ -176,6 +176,8 @@ class OutboxLog:
         )
 
     def _dead_slots(self, conn: Connection) -> tuple[str, ...]:
+        """The slots of the oldest dead rows, by id: one range of ix_outbox_due, in its
+        order (a DISTINCT or ORDER BY slot_id would walk the whole outbox instead)."""
         stmt = (
             select(outbox.c.slot_id)
             .where(
@@ -183,11 +185,11 @@ class OutboxLog:
                 outbox.c.delivered_at.is_(None),
                 outbox.c.dead_at.is_not(None),
             )
-            .distinct()
-            .order_by(outbox.c.slot_id)
-            .limit(DEAD_SLOTS_SHOWN)
+            .order_by(outbox.c.identifier, outbox.c.delivered_at, outbox.c.dead_at, outbox.c.id)
+            .limit(DEAD_SLOTS_SHOWN * 5)
         )
-        return tuple(conn.execute(stmt).scalars())
+        found = dict.fromkeys(conn.execute(stmt).scalars())
+        return tuple(sorted(found)[:DEAD_SLOTS_SHOWN])
 
     def outbox_rows(self, *, slot_id: str | None = None) -> list[OutboxRow]:
         """Every outbox row (of one slot, if given) in order."""
