@@ -99,7 +99,7 @@ class OutboxSummary(WireModel):
 
     pending: int = 0
     dead: int = 0
-    #: The slots with a dead-lettered row, by id (the first 20; ``dead`` counts them all).
+    #: The slots of the oldest dead-lettered rows (up to 20, by id; ``dead`` counts all).
     dead_slots: list[str] = []
 
 

@@ -62,7 +62,7 @@ class OutboxCounts:
 
     pending: int
     dead: int
-    #: The slots of the dead rows, by id (the first :data:`DEAD_SLOTS_SHOWN`).
+    #: The slots of the oldest dead rows, by id (at most ``outbox.DEAD_SLOTS_SHOWN``).
     dead_slots: tuple[str, ...] = ()
 
 
