@@ -50,6 +50,7 @@ from calsched.status import (
     SchedulerStatus,
     SlotEntry,
 )
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
@@ -69,6 +70,7 @@ class Scheduler:
 
     Build it with settings, an open :class:`Journal`, a backend and a host, then
     ``await start()`` (or ``await run()``) inside an event loop, and ``await stop()``.
+    ``tracing`` (:mod:`calsched.tracing`) is off unless given.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Scheduler:
         clock: Clock = utcnow,
         failpoint: Callable[[str], None] = _no_failpoint,
         lease_status: Callable[[], LeaseStatus] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         if settings.identifier != journal.identifier:
             raise ConfigError(
@@ -109,6 +112,7 @@ class Scheduler:
             metrics=self.metrics,
             clock=clock,
             failpoint=failpoint,
+            tracing=tracing,
         )
         self._outbox = OutboxWorker(
             settings,
@@ -119,6 +123,7 @@ class Scheduler:
             report_key=self._key_refused,
             reconciled=self._dispatch.pump,
             failpoint=failpoint,
+            tracing=tracing,
         )
         self._heartbeat = Heartbeat(
             settings,
@@ -129,9 +134,10 @@ class Scheduler:
             host,
             metrics=self.metrics,
             clock=clock,
+            tracing=tracing,
         )
         keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
-        self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys)
+        self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys, tracing=tracing)
         #: Set when a heartbeat answers ``restart_pending: true``.
         self.restart_requested = self._heartbeat.restart_requested
         # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
