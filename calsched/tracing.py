@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from types import MappingProxyType
@@ -298,7 +299,9 @@ def open_tracing(
     for name in dict.fromkeys(names):
         if name == "console":
             # Batched: a span's end never waits for a write on the event loop.
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            # stdout as it is now (its default is the one at import: a redirect is missed).
+            console = ConsoleSpanExporter(out=sys.stdout)
+            provider.add_span_processor(BatchSpanProcessor(console))
         elif name == "otlp":
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
     return OtelTracing(provider)
