@@ -268,8 +268,10 @@ def open_tracing(
     ``OTEL_TRACES_EXPORTER``, else ``none``: spans are then made and their context passed
     on, but sent nowhere. The resource reads ``OTEL_SERVICE_NAME`` and
     ``OTEL_RESOURCE_ATTRIBUTES`` (service name ``calsched`` otherwise); the OTLP exporter
-    reads its own ``OTEL_EXPORTER_OTLP_*`` settings. Raises :class:`ConfigError` when the
-    extra or the OTLP exporter is not installed, or for an unknown exporter.
+    reads its own ``OTEL_EXPORTER_OTLP_*`` settings (both from ``os.environ``: ``environ``
+    is where the two switches are read). ``identifier`` is the ``service.instance.id``.
+    Raises :class:`ConfigError` when the extra or the OTLP exporter is not installed, or
+    for an unknown exporter.
     """
     if not enabled or _sdk_disabled(environ):
         return NO_TRACING
