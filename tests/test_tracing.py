@@ -342,22 +342,3 @@ async def test_a_refused_tool_call_is_a_failed_span(
     (tool,) = named(exporter, "calsched.tool pause")
     assert tool.attributes == {"calsched.agent_id": "carol", "calsched.actor": "agent"}
     assert tool.status.status_code is StatusCode.ERROR
-
-
-async def test_control_api_without_a_traceparent_starts_a_trace(
-    traced: OtelTracing, exporter: InMemorySpanExporter
-) -> None:
-    """A call without trace context is the root of a new trace; a 4xx is not an error."""
-    from tests.test_control import FakeTools
-
-    app = create_control_app(FakeTools(), secret=SECRET, tracing=traced)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        answer = await client.get(
-            "/v1/agents/bob/slot", headers={"Authorization": f"Bearer {agent_token(SECRET, 'bob')}"}
-        )
-    assert answer.status_code == 404
-    (server,) = exporter.get_finished_spans()
-    assert server.parent is None
-    assert server.name == "GET /v1/agents/{agent_id:path}/slot"
-    assert server.status.status_code is StatusCode.UNSET
