@@ -206,6 +206,10 @@ class Config(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: OpenTelemetry spans (the ``otel`` extra); ``OTEL_SDK_DISABLED=true`` turns them off.
+    tracing: bool = False
+    #: Where spans go; unset: ``OTEL_TRACES_EXPORTER``, else nowhere (``none``).
+    tracing_exporter: Literal["none", "console", "otlp"] | None = None
     #: How long the identifier's lease lasts without a renewal: a holder that is alive
     #: but silent (stopped, cut off) is taken over after this long. A dead holder is
     #: taken over at once whatever it is (docs/operations.md, "Several hosts").

@@ -58,7 +58,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calsched.bodies import read_capped
 from calsched.errors import (
@@ -79,6 +79,7 @@ from calsched.model import MAX_ID_CHARS, Actor, Id, SlotView, parse
 from calsched.ports import OutboxTools, SlotTools
 from calsched.status import AgentStatus, SlotEntry
 from calsched.tokens import MIN_SECRET_BYTES, agent_of_token, verify_admin_token
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
@@ -474,6 +475,53 @@ class _HostCheck:
         return match is not None and match.group(1) in self.allowed
 
 
+#: The W3C trace-context headers a call may carry (:class:`_TraceContext`).
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+class _TraceContext:
+    """ASGI middleware, with tracing on only: each request is a server span that
+    continues the caller's ``traceparent`` (W3C trace context), or starts a trace.
+
+    The tool call's span is its child, and so is the wake of a next slot that call
+    starts: the trace goes on to the host. Named ``METHOD /route`` once routed (the
+    route's template: an agent id is an attribute, never part of the name).
+    """
+
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in _TRACE_HEADERS
+        }
+        method: str = scope["method"]
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        attributes = {"http.request.method": method}
+        with self.tracing.span(method, attributes, kind="server", parent=carrier) as span:
+            await self.app(scope, receive, sending)
+            route = getattr(scope.get("route"), "path", None)
+            if route is not None:
+                span.rename(f"{method} {route}")
+                span.set("http.route", route)
+            span.set("http.response.status_code", status)
+            if status >= 500:
+                span.fail(f"HTTP {status}")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 in the protocol's error shape."""
     assert isinstance(exc, HTTPException)
@@ -489,6 +537,7 @@ def create_control_app(
     allowed_hosts: Sequence[str] = DEFAULT_ALLOWED_HOSTS,
     max_body: int = MAX_BODY,
     max_field: int = MAX_FIELD,
+    tracing: Tracing = NO_TRACING,
     outbox: OutboxTools | None = None,
 ) -> Starlette:
     """The control API (protocol section 2) serving ``tools``, as an ASGI app.
@@ -496,6 +545,7 @@ def create_control_app(
     ``secret`` is the daemon secret tokens are derived from (:mod:`calsched.tokens`);
     ``metrics``, if given, is served at ``/metrics``; ``allowed_hosts`` are the names
     accepted in the ``Host`` header (an IPv6 address in brackets, as in ``[::1]``);
+    ``tracing``, when on, makes each request a span continuing its ``traceparent``;
     ``outbox``, if given, serves the operator's outbox actions (``/v1/outbox/...``).
     Raises :class:`~calsched.errors.ConfigError` for an unusable setting.
     """
@@ -523,9 +573,12 @@ def create_control_app(
         Route("/v1/outbox/{row_id:int}/discard", _endpoint(api.outbox_discard), methods=["POST"]),
     ]
     allowed = frozenset(host.strip().lower() for host in allowed_hosts)
+    middleware = [Middleware(_HostCheck, allowed=allowed)]
+    if tracing.enabled:  # off, not even a pass-through layer
+        middleware.append(Middleware(_TraceContext, tracing=tracing))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_HostCheck, allowed=allowed)],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error},
     )
 

@@ -239,6 +239,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
     from calsched.scheduler import Scheduler
     from calsched.scheduler.keeper import LeaseKeeper
     from calsched.tokens import load_or_create_secret
+    from calsched.tracing import open_tracing
 
     async with AsyncExitStack() as stack:
         # Everything that can refuse the configuration comes before the database is touched.
@@ -253,6 +254,8 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
         if backend is not None:
             stack.push_async_callback(backend.aclose)
         secret = load_or_create_secret(cfg.control.secret_file.expanduser())
+        tracing = open_tracing(cfg.tracing, cfg.tracing_exporter, identifier=cfg.identifier)
+        stack.callback(tracing.close)  # after the scheduler stopped: its last spans go out
         journal = await asyncio.to_thread(
             Journal.open,
             cfg.database_url,
@@ -298,12 +301,14 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             metrics=metrics,
             lease_status=keeper.status,
             failpoint=failpoint,
+            tracing=tracing,
         )
         app = create_control_app(
             scheduler,
             secret=secret,
             metrics=metrics,
             allowed_hosts=_allowed_hosts(cfg.control),
+            tracing=tracing,
             outbox=scheduler.dead_letters,
         )
         server = serve_control(app, cfg.control.host, cfg.control.port)

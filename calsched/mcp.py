@@ -13,6 +13,12 @@ key is kept for that exact call (tool and arguments), so when the agent calls ag
 the same arguments the daemon answers as it did the first time instead of completing a
 second slot. A definite answer (success or a refusal) forgets the key.
 
+Traces: a tool call whose MCP request carries W3C trace context in its ``_meta``
+(``traceparent``, ``tracestate``: the mcp SDK's own server span makes it current) sends it
+on as headers of its control API call, so the daemon's spans continue the caller's trace;
+a request without it sends the process's ``TRACEPARENT``/``TRACESTATE`` environment
+(:func:`env_trace`) instead, if the host that started this server set one.
+
 Every failure reaches the model as a tool error it can act on ("you have no active
 slot", "your slot is paused; resume it first", "that slot is no longer yours"), never as
 a crash of the server. The token comes from the environment (``CALSCHED_TOKEN``) or a
@@ -35,13 +41,14 @@ import httpx
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import Field
 
 from calsched import __version__
 from calsched.model import MAX_ID_CHARS
 from calsched.status import AgentStatus, SlotEntry
 
-__all__ = ["ControlClient", "build_server", "claimed_agent"]
+__all__ = ["ControlClient", "build_server", "claimed_agent", "env_trace"]
 
 log = logging.getLogger("calsched.mcp")
 
@@ -53,6 +60,27 @@ BACKOFF_S = (0.5, 1.5)
 REQUEST_TIMEOUT_S = 10.0
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: W3C trace context only (no baggage): what a control API call carries on.
+_W3C = TraceContextTextMapPropagator()
+
+
+def env_trace(environ: Mapping[str, str]) -> dict[str, str]:
+    """The W3C trace context in ``TRACEPARENT`` (and ``TRACESTATE``) as headers, checked
+    and normalised; ``{}`` when it is missing or not a valid ``traceparent``."""
+    carrier = {"traceparent": environ.get("TRACEPARENT", "").strip()}
+    if environ.get("TRACESTATE"):
+        carrier["tracestate"] = environ["TRACESTATE"].strip()
+    out: dict[str, str] = {}
+    _W3C.inject(out, context=_W3C.extract(carrier))
+    return out
+
+
+def _current_trace() -> dict[str, str]:
+    """The trace context the current MCP request made current (from its ``_meta``)."""
+    out: dict[str, str] = {}
+    _W3C.inject(out)
+    return out
+
 
 SlotIdArg = Annotated[
     str | None,
@@ -110,6 +138,8 @@ class ControlClient:
     backoff_s: tuple[float, ...] = BACKOFF_S
     #: Keys of calls whose outcome is unknown, by (tool, arguments): reused on a repeat.
     unsettled: dict[str, str] = field(default_factory=dict)
+    #: Trace context for calls whose MCP request carried none (:func:`env_trace`).
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     def _path(self, tail: str) -> str:
         return f"/v1/agents/{quote(self.agent_id, safe='')}/{tail}"
@@ -136,7 +166,8 @@ class ControlClient:
     async def _send(
         self, method: str, path: str, body: Mapping[str, Any] | None, headers: dict[str, str]
     ) -> httpx.Response:
-        headers = {**headers, "Authorization": f"Bearer {self.token}"}
+        trace = _current_trace() or self.trace
+        headers = {**trace, **headers, "Authorization": f"Bearer {self.token}"}
         cause = "no answer"
         async with httpx.AsyncClient(
             base_url=self.base_url, transport=self.transport, timeout=REQUEST_TIMEOUT_S

@@ -11,7 +11,8 @@ their streams, kill and reap what they started).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from calsched.journal.idempotency import Remembered, ToolKey
@@ -35,6 +36,8 @@ class WakeRequest:
     """What the host is asked to do: give ``message`` to ``agent_id``.
 
     Hosts may dedupe on ``source`` + ``attempt``: wakes are at-least-once after a crash.
+    ``trace`` is the W3C trace context of the wake (``traceparent``, ``tracestate``) when
+    tracing is on, for the host to continue; it is not part of the body.
     """
 
     agent_id: str
@@ -42,6 +45,7 @@ class WakeRequest:
     source: str
     slot_id: str
     attempt: int
+    trace: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The webhook body (protocol section 3)."""

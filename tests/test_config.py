@@ -79,6 +79,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.host.adapter is HostAdapter.none
     assert cfg.scheduler == SchedulerSettings()
     assert (cfg.log_json, cfg.log_level) == (False, "info")
+    assert (cfg.tracing, cfg.tracing_exporter) == (False, None)
 
 
 def test_scheduler_settings_carry_the_top_level_identifier() -> None:
@@ -172,6 +173,16 @@ def test_environment_parses_nested_and_typed_values(monkeypatch: pytest.MonkeyPa
     assert cfg.log_level == "debug"
     assert cfg.sqlite_synchronous == "NORMAL"
     assert cfg.backend_url is None
+
+
+def test_tracing_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tracing is switched on by file or env; an exporter it does not know is refused."""
+    path = write(tmp_path / "c.toml", 'tracing = true\ntracing_exporter = "console"\n')
+    cfg = load_config(path)
+    assert (cfg.tracing, cfg.tracing_exporter) == (True, "console")
+    monkeypatch.setenv("CALSCHED_TRACING_EXPORTER", "jaeger")
+    with pytest.raises(ConfigError, match="invalid setting tracing_exporter from CALSCHED_"):
+        load_config(path)
 
 
 def test_other_calsched_variables_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:

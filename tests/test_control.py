@@ -13,6 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 
 from calsched.control import ControlServer, create_control_app, serve_control
@@ -30,6 +34,7 @@ from calsched.metrics import CONTENT_TYPE, Metrics
 from calsched.model import Actor, Slot, SlotState, SlotView, utcnow
 from calsched.status import SchedulerStatus, SlotEntry
 from calsched.tokens import admin_token, agent_token
+from calsched.tracing import OtelTracing
 
 SECRET = b"control-test-secret-0123456789ab"
 ADMIN = admin_token(SECRET)
@@ -904,6 +909,47 @@ def parse_slot(slot_id: str, agent_id: str) -> Slot:
     return parse(Slot, {"id": slot_id, "agent_id": agent_id, "title": "t"})
 
 
+async def test_traced_calls_are_server_spans() -> None:
+    """With tracing on, a call is a server span named by its route; a traceparent makes it
+    the caller's child, none starts a trace; 4xx is no error, 5xx is."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tools = FakeTools()
+    tools.slots["bob"] = _view("s-2", "bob", SlotState.in_progress)
+    app = create_control_app(tools, secret=SECRET, tracing=OtelTracing(provider))
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        await client.get("/v1/agents/bob/slot", headers={**auth(BOB), "traceparent": caller})
+        await client.get("/v1/agents/alice/slot", headers=auth(BOB))
+        tools.fail_with = RuntimeError("boom")
+        await client.get("/v1/agents/bob/slot", headers=auth(BOB))
+    continued, refused, failed = exporter.get_finished_spans()
+    assert continued.name == "GET /v1/agents/{agent_id:path}/slot"
+    assert continued.kind is SpanKind.SERVER
+    assert continued.parent is not None
+    assert (continued.parent.trace_id, continued.parent.span_id) == (
+        0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        0x00F067AA0BA902B7,
+    )
+    assert continued.attributes is not None
+    assert continued.attributes["http.response.status_code"] == 200
+    assert refused.parent is None
+    assert refused.attributes is not None
+    assert refused.attributes["http.response.status_code"] == 403
+    assert refused.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "HTTP 500"
+
+
+def test_tracing_off_adds_no_middleware(tools: FakeTools) -> None:
+    """Off, the app has no trace layer at all (not even a pass-through)."""
+    off = create_control_app(tools, secret=SECRET)
+    on = create_control_app(tools, secret=SECRET, tracing=OtelTracing(TracerProvider()))
+    assert len(on.user_middleware) == len(off.user_middleware) + 1
+
+
 # -- the operator's outbox routes ----------------------------------------------------------
 
 
@@ -915,21 +961,21 @@ class FakeOutbox:
 
         self.rows = {
             7: OutboxRow(
-                7,
-                3,
-                "k",
-                "host-a",
-                "s-1",
-                1,
-                SlotState.paused,
-                None,
-                "x",
-                T0,
-                4,
-                T0,
-                "HTTP 422",
-                None,
-                T0,
+                id=7,
+                event_seq=3,
+                idempotency_key="k",
+                identifier="host-a",
+                slot_id="s-1",
+                attempt=1,
+                status=SlotState.paused,
+                summary=None,
+                reason="x",
+                occurred_at=T0,
+                tries=4,
+                next_try_at=T0,
+                last_error="HTTP 422",
+                delivered_at=None,
+                dead_at=T0,
             ),
         }
         self.calls: list[tuple[str, int | None, str | None, Actor]] = []

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from calsched.control import create_control_app
-from calsched.mcp import ControlClient, build_server, claimed_agent
+from calsched.mcp import ControlClient, build_server, claimed_agent, env_trace
 from calsched.model import SlotState
 from calsched.tokens import admin_token, agent_token
 from tests.test_control import ALICE, BOB, SECRET, FakeTools, _view
@@ -36,10 +36,13 @@ class Flaky(httpx.AsyncBaseTransport):
         self.lose = lose
         self.down = False
         self.keys: list[str | None] = []
+        #: The traceparent header of every request that reached the app.
+        self.traces: list[str | None] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("refused", request=request)
+        self.traces.append(request.headers.get("traceparent"))
         if request.method == "POST":
             self.keys.append(request.headers.get("idempotency-key"))
         response = await self.inner.handle_async_request(request)
@@ -62,9 +65,15 @@ def flaky(tools: FakeTools) -> Flaky:
     return Flaky(httpx.ASGITransport(app=app))
 
 
-def client_of(flaky: Flaky, token: str = BOB) -> Client:
+def client_of(flaky: Flaky, token: str = BOB, trace: dict[str, str] | None = None) -> Client:
     control = ControlClient(
-        "http://127.0.0.1", "bob", token, transport=flaky, attempts=3, backoff_s=(0.0,)
+        "http://127.0.0.1",
+        "bob",
+        token,
+        transport=flaky,
+        attempts=3,
+        backoff_s=(0.0,),
+        trace=trace or {},
     )
     return Client(build_server(control))
 
@@ -190,3 +199,45 @@ def test_claimed_agent_reads_the_id_of_an_agent_token() -> None:
     assert claimed_agent(admin_token(SECRET)) is None
     assert claimed_agent("agent.%%%.x") is None
     assert claimed_agent("nonsense") is None
+
+
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+HOST = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_a_traceparent_in_meta_goes_on_to_the_daemon(flaky: Flaky) -> None:
+    """A tool call's _meta traceparent is the control API call's; it beats the env one."""
+    async with client_of(flaky, trace={"traceparent": HOST}) as client:
+        result = await client.call_tool(
+            "calendar_pause", {"reason": "lunch"}, meta={"traceparent": CALLER}
+        )
+    assert not result.is_error
+    assert flaky.traces == [CALLER]
+
+
+async def test_without_meta_the_env_trace_goes_on(flaky: Flaky) -> None:
+    """A call whose _meta has no trace context sends TRACEPARENT's; else it sends none."""
+    async with client_of(flaky, trace=env_trace({"TRACEPARENT": HOST})) as client:
+        await client.call_tool("calendar_slot", {})
+    async with client_of(flaky) as client:
+        await client.call_tool("calendar_slot", {}, meta={"traceparent": "not-a-traceparent"})
+    assert flaky.traces == [HOST, None]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"TRACEPARENT": HOST, "TRACESTATE": "v=1"}, {"traceparent": HOST, "tracestate": "v=1"}),
+        ({"TRACEPARENT": f" {HOST}\n"}, {"traceparent": HOST}),
+        ({"TRACEPARENT": "00-zz-yy-01"}, {}),
+        ({"TRACEPARENT": "00-" + "0" * 32 + "-b7ad6b7169203331-01"}, {}),
+        ({"TRACESTATE": "v=1"}, {}),
+        ({}, {}),
+    ],
+    ids=["with-state", "stripped", "malformed", "zero-trace", "state-alone", "unset"],
+)
+def test_env_trace_takes_only_a_valid_traceparent(
+    environ: dict[str, str], expected: dict[str, str]
+) -> None:
+    """TRACEPARENT is checked (W3C format, non-zero ids); anything else gives nothing."""
+    assert env_trace(environ) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -101,6 +102,22 @@ async def test_token_goes_in_the_bearer_header(make_host: Any) -> None:
     await host.wake_agent(REQUEST)
     await host.list_agents()
     assert [r.headers["authorization"] for r in recorder.requests] == [f"Bearer {TOKEN}"] * 2
+
+
+async def test_the_wakes_trace_context_goes_in_its_headers(make_host: Any) -> None:
+    """A wake's W3C trace context is sent as headers, outside the body; it cannot replace
+    the host token, and a wake without one sends no traceparent."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    trace = {"traceparent": traceparent, "tracestate": "v=1", "Authorization": "Bearer x"}
+    host, recorder = make_host(lambda request: httpx.Response(202), token=TOKEN)
+    await host.wake_agent(dataclasses.replace(REQUEST, trace=trace))
+    await host.wake_agent(REQUEST)
+    traced, plain = recorder.requests
+    assert traced.headers["traceparent"] == traceparent
+    assert traced.headers["tracestate"] == "v=1"
+    assert traced.headers["authorization"] == f"Bearer {TOKEN}"
+    assert "traceparent" not in json.loads(traced.content)
+    assert "traceparent" not in plain.headers
 
 
 @pytest.mark.parametrize("status", [500, 503, 404, 401, 302, 100 + 99])

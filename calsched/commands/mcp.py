@@ -71,7 +71,7 @@ def mcp(
     Example: CALSCHED_TOKEN=$(calsched token --agent bob) calsched mcp --agent bob
     """
     from calsched.logs import configure_logging
-    from calsched.mcp import ControlClient, build_server, claimed_agent
+    from calsched.mcp import ControlClient, build_server, claimed_agent, env_trace
 
     cfg = config_of(ctx)
     token = _token(token_file)
@@ -83,7 +83,10 @@ def mcp(
         # Served anyway: the daemon refuses every call (403), and each tool says so to the
         # model, which is where the person who can fix the configuration will look.
         log.warning("the token names agent %r, not %r: every call will be refused", named, agent)
-    server = build_server(ControlClient(cfg.control.url, agent, token))
+    # A host may start this server inside a trace (TRACEPARENT): calls without a
+    # traceparent of their own in the request's _meta continue that one.
+    client = ControlClient(cfg.control.url, agent, token, trace=env_trace(os.environ))
+    server = build_server(client)
     if http:
         server.run("streamable-http", host="127.0.0.1", port=port)
     else:

@@ -32,6 +32,8 @@ log = logging.getLogger("calsched.host")
 PLACEHOLDERS = frozenset({"agent_id", "slot_id", "source", "attempt"})
 #: Variables with this prefix are not passed on by default: they may hold the API key.
 _PRIVATE_ENV_PREFIX = "CALSCHED_"
+#: The wake's trace-context headers a program gets, as TRACEPARENT and TRACESTATE.
+_TRACE_KEYS = ("traceparent", "tracestate")
 _STDERR_KEEP = 4096
 _CAUSE_CHARS = 200
 
@@ -91,7 +93,8 @@ class CommandHost:
     ``list_argv``, if given, is run as is for :meth:`list_agents` and prints
     ``{"agents": [...]}`` on stdout. ``env`` replaces the environment of both programs;
     by default they get the daemon's environment without ``CALSCHED_*`` variables, which
-    may hold the backend's API key.
+    may hold the backend's API key. With tracing on, a wake program also gets the wake's
+    trace context as ``TRACEPARENT`` (and ``TRACESTATE``).
     """
 
     def __init__(
@@ -131,7 +134,9 @@ class CommandHost:
         with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
             stdin.write(request.message.encode("utf-8", errors="replace"))
             stdin.seek(0)
-            code = await self._run(argv, request.agent_id, stdin=stdin, stdout=None, stderr=stderr)
+            code = await self._run(
+                argv, request.agent_id, stdin=stdin, stdout=None, stderr=stderr, trace=request.trace
+            )
             if code != 0:
                 stderr.seek(0)
                 raise WakeFailedError(
@@ -176,8 +181,12 @@ class CommandHost:
         stdin: IO[bytes] | None,
         stdout: IO[bytes] | None,
         stderr: IO[bytes],
+        trace: Mapping[str, str] | None = None,
     ) -> int:
         """Run ``argv`` to its end; the exit code (negative: a signal).
+
+        ``trace`` (a wake's W3C trace context) goes in the program's environment as
+        ``TRACEPARENT`` and ``TRACESTATE``, the OpenTelemetry names for a process.
 
         Unbounded on purpose: the caller's deadline cancels it, and cancelling kills the
         process group.
@@ -188,7 +197,7 @@ class CommandHost:
                 stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else asyncio.subprocess.DEVNULL,
                 stderr=stderr,
-                env=self._environment(),
+                env=self._environment(trace),
                 # Its own process group, so a cancelled wake kills what it started too.
                 start_new_session=True,
             )
@@ -203,10 +212,14 @@ class CommandHost:
             if proc.returncode is None:
                 await _kill(proc)
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, trace: Mapping[str, str] | None = None) -> dict[str, str]:
         if self._env is not None:
-            return self._env
-        return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
+            env = self._env
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
+        if trace:
+            env = {**env, **{k.upper(): v for k, v in trace.items() if k in _TRACE_KEYS}}
+        return env
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -99,7 +99,8 @@ class WebhookHost:
     ``HTTP 503`` or ``connection refused``. There is no deadline here: the scheduler bounds
     every call (``settings.wake_timeout_s``) by cancelling it, which closes the stream.
     Redirects are not followed: a 3xx is a failed wake, and the token stays with the
-    configured URL. ``transport`` is for tests (``httpx.MockTransport``).
+    configured URL. With tracing on, a wake carries ``traceparent`` (and ``tracestate``).
+    ``transport`` is for tests (``httpx.MockTransport``).
     """
 
     def __init__(
@@ -136,8 +137,10 @@ class WebhookHost:
         """POST the wake; return on 2xx, else raise :class:`WakeFailedError`."""
         try:
             # Streamed and never read: the host's answer is its status code alone.
+            # The wake's trace context goes with it (W3C trace context), for the host.
+            headers = {**request.trace, **self._headers} if request.trace else self._headers
             async with self._client.stream(
-                "POST", self._wake_url, json=request.to_wire(), headers=self._headers
+                "POST", self._wake_url, json=request.to_wire(), headers=headers
             ) as response:
                 status = response.status_code
         except httpx.TransportError as exc:

@@ -27,6 +27,7 @@ from calsched.ports import Host, WakeRequest
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.settings import SchedulerSettings
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["INTAKE_CHUNK", "Dispatcher"]
 
@@ -49,8 +50,10 @@ class Dispatcher:
         metrics: Metrics,
         clock: Callable[[], datetime],
         failpoint: Callable[[str], None],
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.settings = settings
+        self._tracing = tracing
         self._gateway = gateway
         self._live = live
         self.host = host
@@ -179,27 +182,12 @@ class Dispatcher:
 
     async def _wake(self, view: SlotView, *, recovering: bool) -> None:
         # Journal first: this slot was committed dispatching before its wake began.
-        slot = view.slot
-        request = WakeRequest(
-            agent_id=view.agent_id,
-            message=slot.wake_message(),
-            source=slot.source,
-            slot_id=view.slot_id,
-            attempt=view.attempt,
-        )
         actor = Actor.recovery if recovering else Actor.scheduler
-        failure: str | None = None
         async with self._wake_slots:
-            try:
-                async with asyncio.timeout(self.settings.wake_timeout_s):
-                    await self.host.wake_agent(request)
-                self._woken.inc()
-            except WakeFailedError as exc:
-                failure = str(exc)
-            except TimeoutError:
-                failure = f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
-            except Exception as exc:  # a broken host adapter fails the wake, not the loop
-                failure = f"wake-agent failed: {type(exc).__name__}"
+            with self._tracing.slot_span("calsched.wake", view, actor, kind="client") as span:
+                failure = await self._call_host(view)
+                if failure is not None:
+                    span.fail(failure)
         self._failpoint("after_wake")
         if failure is None:
             await self._settle_wake(view, Trigger.woke, actor, None)
@@ -210,6 +198,29 @@ class Dispatcher:
             log.warning("slot %s: %s", view.slot_id, failure)
             await self._settle_wake(view, Trigger.wake_failed, actor, failure)
             await self.pump(view.agent_id)
+
+    async def _call_host(self, view: SlotView) -> str | None:
+        """Ask the host to wake the slot's agent; the failure, or ``None`` if it took it."""
+        slot = view.slot
+        request = WakeRequest(
+            agent_id=view.agent_id,
+            message=slot.wake_message(),
+            source=slot.source,
+            slot_id=view.slot_id,
+            attempt=view.attempt,
+            trace=self._tracing.headers(),
+        )
+        try:
+            async with asyncio.timeout(self.settings.wake_timeout_s):
+                await self.host.wake_agent(request)
+            self._woken.inc()
+        except WakeFailedError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"wake-agent failed: timeout after {self.settings.wake_timeout_s:g}s"
+        except Exception as exc:  # a broken host adapter fails the wake, not the loop
+            return f"wake-agent failed: {type(exc).__name__}"
+        return None
 
     async def _settle_wake(
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None

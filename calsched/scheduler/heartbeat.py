@@ -38,6 +38,7 @@ from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import no_answer
 from calsched.settings import SchedulerSettings
 from calsched.status import BackendHealth
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["Heartbeat", "heartbeat_cap"]
 
@@ -67,8 +68,10 @@ class Heartbeat:
         *,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.settings = settings
+        self._tracing = tracing
         self._gateway = gateway
         self.journal: Journal = gateway.journal
         self._live = live
@@ -129,7 +132,19 @@ class Heartbeat:
 
         A backend failure is recorded (status, metrics) and returns ``False``; anything
         else that fails (the journal, a bug) raises, for the loop to count as a failed try.
+        The beat is one span: the wakes it starts are its children.
         """
+        attributes = {
+            "calsched.identifier": self.settings.identifier,
+            "calsched.actor": "scheduler",
+        }
+        with self._tracing.span("calsched.heartbeat", attributes, kind="client") as span:
+            ok = await self._beat()
+            if not ok:
+                span.fail(self.health.last_error or "heartbeat failed")
+            return ok
+
+    async def _beat(self) -> bool:
         sent_at = self._clock()
         request = HeartbeatRequest(
             identifier=self.settings.identifier,

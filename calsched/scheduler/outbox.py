@@ -39,6 +39,7 @@ from calsched.scheduler.backoff import equal_jitter, exponential
 from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
 from calsched.settings import SchedulerSettings
+from calsched.tracing import NO_TRACE, NO_TRACING, AttributeValue, Tracing
 
 __all__ = ["OutboxWorker", "no_answer"]
 
@@ -48,6 +49,16 @@ log = logging.getLogger("calsched.scheduler")
 def no_answer(deadline_s: float) -> BackendUnavailableError:
     """A backend call cut off by its deadline, as a passing fault."""
     return BackendUnavailableError(f"no answer within {deadline_s:g}s")
+
+
+def _attributes(row: OutboxRow) -> dict[str, AttributeValue]:
+    return {
+        "calsched.slot_id": row.slot_id,
+        "calsched.attempt": row.attempt,
+        "calsched.status": row.status.value,
+        "calsched.actor": "scheduler",
+        "calsched.tries": row.tries,
+    }
 
 
 class OutboxWorker:
@@ -69,8 +80,10 @@ class OutboxWorker:
         report_key: Callable[[bool], None],
         reconciled: Callable[[str], Awaitable[None]],
         failpoint: Callable[[str], None],
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.settings = settings
+        self._tracing = tracing
         self._gateway = gateway
         self.journal: Journal = gateway.journal
         self.backend = backend
@@ -271,8 +284,13 @@ class OutboxWorker:
     async def _send(self, row: OutboxRow, update: SlotUpdate) -> None:
         """One try, and the row marked with its outcome."""
         try:
-            async with asyncio.timeout(self.settings.backend_deadline_s):
-                await self.backend.send_status(row.slot_id, update, row.idempotency_key)
+            # A trace of its own: the row may go out long after its change, from another
+            # process after a restart; its attributes name the slot and attempt.
+            with self._tracing.span(
+                "calsched.outbox.deliver", partial(_attributes, row), kind="client", parent=NO_TRACE
+            ):
+                async with asyncio.timeout(self.settings.backend_deadline_s):
+                    await self.backend.send_status(row.slot_id, update, row.idempotency_key)
         except BackendConflictError as exc:
             held = SlotState(exc.status)
             reason = exc.reason

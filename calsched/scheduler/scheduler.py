@@ -52,6 +52,7 @@ from calsched.status import (
     SchedulerStatus,
     SlotEntry,
 )
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
@@ -71,6 +72,7 @@ class Scheduler:
 
     Build it with settings, an open :class:`Journal`, a backend and a host, then
     ``await start()`` (or ``await run()``) inside an event loop, and ``await stop()``.
+    ``tracing`` (:mod:`calsched.tracing`) is off unless given.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class Scheduler:
         clock: Clock = utcnow,
         failpoint: Callable[[str], None] = _no_failpoint,
         lease_status: Callable[[], LeaseStatus] | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         if settings.identifier != journal.identifier:
             raise ConfigError(
@@ -111,6 +114,7 @@ class Scheduler:
             metrics=self.metrics,
             clock=clock,
             failpoint=failpoint,
+            tracing=tracing,
         )
         self._outbox = OutboxWorker(
             settings,
@@ -121,6 +125,7 @@ class Scheduler:
             report_key=self._key_refused,
             reconciled=self._dispatch.pump,
             failpoint=failpoint,
+            tracing=tracing,
         )
         self._heartbeat = Heartbeat(
             settings,
@@ -131,9 +136,10 @@ class Scheduler:
             host,
             metrics=self.metrics,
             clock=clock,
+            tracing=tracing,
         )
         keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
-        self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys)
+        self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys, tracing=tracing)
         #: The operator's outbox actions (retry, discard), for the control API.
         self.dead_letters = DeadLetterDesk(
             self._gateway,

@@ -22,6 +22,7 @@ from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
 from calsched.status import SlotEntry
+from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["ToolDesk"]
 
@@ -35,8 +36,11 @@ class ToolDesk:
         live: LiveView,
         dispatcher: Dispatcher,
         keys: IdempotencyStore,
+        *,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self._gateway = gateway
+        self._tracing = tracing
         self.journal: Journal = gateway.journal
         self._live = live
         self._dispatch = dispatcher
@@ -65,8 +69,34 @@ class ToolDesk:
         reason: str | None = None,
     ) -> SlotView:
         """Fire ``trigger`` on the agent's current slot (the one ``slot_id`` names, if
-        given: else :class:`StaleSlotError`); the slot after the change."""
+        given: else :class:`StaleSlotError`); the slot after the change.
+
+        One span, the child of the caller's (the control API continues its trace); the
+        wake of the agent's next slot, if this ends one, is its child.
+        """
         current = self._live.current(agent_id)
+        name = f"calsched.tool {trigger.value}"
+        span = (
+            self._tracing.slot_span(name, current, actor)
+            if current is not None
+            else self._tracing.span(
+                name, {"calsched.agent_id": agent_id, "calsched.actor": actor.value}
+            )
+        )
+        with span:
+            return await self._act(current, agent_id, trigger, slot_id, key, actor, summary, reason)
+
+    async def _act(
+        self,
+        current: SlotView | None,
+        agent_id: str,
+        trigger: Trigger,
+        slot_id: str | None,
+        key: ToolKey | None,
+        actor: Actor,
+        summary: str | None,
+        reason: str | None,
+    ) -> SlotView:
         if slot_id is not None and (current is None or current.slot_id != slot_id):
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -263,6 +264,18 @@ async def test_explicit_environment_replaces_it(
     env = json.loads(out.read_text())["env"]
     assert env["ONLY"] == "this"
     assert "HOST_SETTING" not in env
+
+
+async def test_the_wakes_trace_context_is_in_the_environment(tmp_path: Path) -> None:
+    """A wake's traceparent and tracestate reach the program as TRACEPARENT/TRACESTATE."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    out = tmp_path / "out.json"
+    host = CommandHost([PY, "-c", RECORD, str(out)], env={"ONLY": "this"})
+    trace = {"traceparent": traceparent, "tracestate": "v=1", "other": "dropped"}
+    await host.wake_agent(dataclasses.replace(REQUEST, trace=trace))
+    env = json.loads(out.read_text())["env"]
+    assert (env["TRACEPARENT"], env["TRACESTATE"], env["ONLY"]) == (traceparent, "v=1", "this")
+    assert "OTHER" not in env
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,8 @@ NEVER = (
     "calsched.demo.report",
     "calsched.testing",
     "calsched.backend.faults",
+    # Tracing is off by default: then OpenTelemetry is never imported (calsched.tracing).
+    "opentelemetry",
 )
 #: Also not with a remote backend: the embedded calendar and the reference server.
 NOT_REMOTE = ("calsched.backend.calendar", "calsched.backend.server")
@@ -49,7 +51,12 @@ _CHILD = (
 
 
 async def _run_until_settled(
-    tmp_path: Path, calendar: LocalCalendar, database_url: str, *args: str, key: str = ""
+    tmp_path: Path,
+    calendar: LocalCalendar,
+    database_url: str,
+    *args: str,
+    key: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> set[str]:
     """Run the daemon until ``calendar``'s slot ended; the modules it had imported."""
     calendar.add("s1", "agent-1")  # due now: the first heartbeat fires it
@@ -65,6 +72,7 @@ async def _run_until_settled(
     )
     if key:
         env["CALSCHED_BACKEND_API_KEY"] = key
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(out), "run", *args],
         env=env,
@@ -128,3 +136,18 @@ async def test_run_with_the_embedded_calendar_imports_only_what_it_needs(
         journal.close()
     assert "calsched.backend.server" in modules
     assert _imported(modules, NEVER) == []
+
+
+async def test_run_with_tracing_on_imports_the_sdk(tmp_path: Path, at_head: str) -> None:
+    """The check above can fail: with ``tracing = true`` the same run loads the SDK."""
+    journal = Journal.open(at_head, "host-a")
+    try:
+        modules = await _run_until_settled(
+            tmp_path,
+            LocalCalendar(journal.engine),
+            at_head,
+            extra_env={"CALSCHED_TRACING": "true", "OTEL_TRACES_EXPORTER": "none"},
+        )
+    finally:
+        journal.close()
+    assert "opentelemetry.sdk.trace" in modules
