@@ -23,11 +23,8 @@ Every request goes through, in this order:
    the same key on a different request is 422 ``invalid``.
 
 A call with the admin token is journaled with actor ``operator``, an agent token's with
-``agent``. The operator's outbox routes (admin token only) retry a row
-(``POST /v1/outbox/<id>/retry``), every dead row (``POST /v1/outbox/dead/retry``) or
-discard one (``POST /v1/outbox/<id>/discard`` with ``{"reason": ...}``), recorded in
-``operator_actions`` with actor ``operator``; a row that does not exist is 404
-``not_found``, one already delivered or discarded 409 ``settled``.
+``agent``. The outbox routes (``/v1/outbox/…``, admin only) retry or discard rows as the
+operator (docs/protocol.md; 404 ``not_found``, 409 ``settled``).
 ``GET /v1/agents/<id>/status`` is what an agent may see of the status: its own
 current slot and its recent history (:class:`~calsched.status.AgentStatus`).
 
@@ -364,13 +361,9 @@ class _ControlApi:
     async def outbox_retry(self, request: Request) -> Response:
         tools = self._outbox_tools(request)
         await self._read(request)  # no fields; read so the body's size is still capped
-        ids = await tools.retry(int(request.path_params["row_id"]), actor=Actor.operator)
+        row_id = request.path_params.get("row_id")  # none: every dead row
+        ids = await tools.retry(None if row_id is None else int(row_id), actor=Actor.operator)
         return JSONResponse({"retried": ids})
-
-    async def outbox_retry_dead(self, request: Request) -> Response:
-        tools = self._outbox_tools(request)
-        await self._read(request)
-        return JSONResponse({"retried": await tools.retry(None, actor=Actor.operator)})
 
     async def outbox_discard(self, request: Request) -> Response:
         tools = self._outbox_tools(request)
@@ -568,7 +561,7 @@ def create_control_app(
         Route(f"{agent}/abort", _endpoint(api.abort), methods=["POST"]),
         Route(f"{agent}/pause", _endpoint(api.pause), methods=["POST"]),
         Route(f"{agent}/resume", _endpoint(api.resume), methods=["POST"]),
-        Route("/v1/outbox/dead/retry", _endpoint(api.outbox_retry_dead), methods=["POST"]),
+        Route("/v1/outbox/dead/retry", _endpoint(api.outbox_retry), methods=["POST"]),
         Route("/v1/outbox/{row_id:int}/retry", _endpoint(api.outbox_retry), methods=["POST"]),
         Route("/v1/outbox/{row_id:int}/discard", _endpoint(api.outbox_discard), methods=["POST"]),
     ]
