@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
         "calsched.logs",
         "calsched.tokens",
         "calsched.bodies",
+        "calsched.notify",
     ),
     ("calsched.scheduler",),
     ("calsched.backend", "calsched.host", "calsched.control", "calsched.mcp", "calsched.testing"),
