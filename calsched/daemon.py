@@ -298,7 +298,11 @@ async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, stan
             failpoint=failpoint,
         )
         app = create_control_app(
-            scheduler, secret=secret, metrics=metrics, allowed_hosts=_allowed_hosts(cfg.control)
+            scheduler,
+            secret=secret,
+            metrics=metrics,
+            allowed_hosts=_allowed_hosts(cfg.control),
+            readiness=scheduler.readiness,
         )
         server = serve_control(app, cfg.control.host, cfg.control.port)
         try:

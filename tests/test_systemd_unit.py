@@ -35,7 +35,9 @@ def _parse(text: str) -> dict[str, dict[str, list[str]]]:
             current = sections.setdefault(header.group(1), {})
             continue
         key, sep, value = line.partition("=")
-        assert sep and current is not None and re.fullmatch(r"[A-Za-z]+", key), (number, raw)
+        assert sep, (number, raw)
+        assert current is not None, (number, raw)
+        assert re.fullmatch(r"[A-Za-z]+", key), (number, raw)
         current.setdefault(key, []).append(value)
     return sections
 
@@ -57,7 +59,8 @@ def test_readiness_and_restarts() -> None:
     argv = one("Service", "ExecStart").split()
     assert argv[0] == INSTALLED_AT
     # RestartForceExitStatus only matters when the daemon exits on a restart request.
-    assert argv[1:3] == ["run", "--log-json"] and "--exit-on-restart" in argv
+    assert argv[1:3] == ["run", "--log-json"]
+    assert "--exit-on-restart" in argv
 
 
 def test_state_and_secrets() -> None:

@@ -41,12 +41,14 @@ from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker
+from calsched.scheduler.readiness import ReadinessProbe
 from calsched.scheduler.tools import ToolDesk
 from calsched.settings import SchedulerSettings
 from calsched.status import (
     HistoryEntry,
     LeaseStatus,
     OutboxSummary,
+    Readiness,
     SchedulerStatus,
     SlotEntry,
 )
@@ -129,6 +131,9 @@ class Scheduler:
             host,
             metrics=self.metrics,
             clock=clock,
+        )
+        self._readiness = ReadinessProbe(
+            settings, self._gateway, self._heartbeat, clock=clock, lease_status=lease_status
         )
         keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
         self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys)
@@ -358,6 +363,10 @@ class Scheduler:
             restart_pending=self._heartbeat.restart_pending,
             lease=self._lease_status() if self._lease_status is not None else None,
         )
+
+    async def readiness(self) -> Readiness:
+        """The readiness checks (``GET /readyz``): the journal, the lease, the backend."""
+        return await self._readiness.check()
 
     def _key_refused(self, refused: bool) -> None:
         self._heartbeat.key_refused(refused)
