@@ -100,6 +100,7 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._live = LiveView()
+        self.metrics.count_active(self._live.by_state)
         self._gateway = JournalGateway(
             journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
         )
@@ -148,7 +149,8 @@ class Scheduler:
     # -- the live view ------------------------------------------------------------------
 
     def _absorb(self, applied: Applied) -> None:
-        """Take committed views into the live view, history and metrics."""
+        """Take committed views into the live view, history and metrics (active slots are
+        counted from the live view when scraped)."""
         outbox = False
         kinds: Counter[str] = Counter()
         for event in applied.events:
@@ -158,7 +160,6 @@ class Scheduler:
         for kind, count in kinds.items():  # one labels() lookup per kind, not per event
             self.metrics.transitions.labels(kind).inc(count)
         self._history.extend(HistoryEntry.from_view(v) for v in self._live.absorb(applied))
-        self.metrics.active_slots.set(len(self._live))
         if outbox:
             self._outbox.kick()
 
@@ -262,7 +263,6 @@ class Scheduler:
         self._live.load(views)
         self._history.clear()
         self._history.extend(HistoryEntry.from_view(v) for v in reversed(recent) if v.terminal)
-        self.metrics.active_slots.set(len(self._live))
         self._failpoint("during_recovery")
         for view in views:
             if view.state is SlotState.dispatching:
