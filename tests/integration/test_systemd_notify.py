@@ -53,6 +53,19 @@ def _next_message(sock: socket.socket, proc: subprocess.Popen[bytes], log: Path)
     pytest.fail(f"no notification (exit {proc.poll()})\n{log.read_text(errors='replace')}")
 
 
+def _until_ready(http: httpx.Client, url: str) -> dict[str, object]:
+    """/readyz's body once it answers 200."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    answer = http.get(f"{url}/readyz")
+    while answer.status_code != 200 and time.monotonic() < deadline:
+        assert answer.status_code == 503, answer.text
+        time.sleep(0.05)
+        answer = http.get(f"{url}/readyz")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
 def test_ready_once_serving_and_stopping_on_sigterm(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
@@ -88,8 +101,13 @@ def test_ready_once_serving_and_stopping_on_sigterm(
                 assert http.get(f"{url}/healthz").status_code == 200
                 token = admin_token(secret.read_bytes())
                 status = http.get(f"{url}/v1/status", headers={"authorization": f"Bearer {token}"})
-            assert status.status_code == 200
-            assert status.json()["lease"]["state"] == "held"
+                assert status.status_code == 200
+                assert status.json()["lease"]["state"] == "held"
+                # Ready for work once the embedded backend answered a first heartbeat.
+                ready = _until_ready(http, url)
+                assert set(ready["checks"]) == {"journal", "lease", "backend"}
+                scraped = http.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"})
+                assert 'calsched_build_info{version="' in scraped.text
 
             proc.send_signal(signal.SIGTERM)
             assert _next_message(sock, proc, log) == "STOPPING=1"
