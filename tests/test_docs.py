@@ -100,3 +100,7 @@ def test_the_path_check_sees_paths_and_links(tmp_path: Path) -> None:
         "calsched/nowhere.py",
         "gone.md",
     ]
+    fake.write_text(
+        "# Health, readiness and metrics\n[a](#health-readiness-and-metrics) [b](#nope)"
+    )
+    assert [a for _, p, a in _named_paths(fake) if a and not _has_anchor(p, a)] == ["nope"]
