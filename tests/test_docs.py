@@ -104,3 +104,48 @@ def test_the_path_check_sees_paths_and_links(tmp_path: Path) -> None:
         "# Health, readiness and metrics\n[a](#health-readiness-and-metrics) [b](#nope)"
     )
     assert [a for _, p, a in _named_paths(fake) if a and not _has_anchor(p, a)] == ["nope"]
+
+
+# -- the MCP tools the docs name are the ones the server lists ----------------------------
+
+
+async def _listed_tools() -> dict[str, dict[str, object]]:
+    """The tools :func:`calsched.mcp.build_server` lists, by name: their input schemas."""
+    import httpx
+    from mcp import Client
+
+    from calsched.mcp import ControlClient, build_server
+
+    unused = httpx.MockTransport(lambda request: httpx.Response(500))  # listing calls nobody
+    control = ControlClient("http://127.0.0.1", "bob", "agent.x.y", transport=unused)
+    async with Client(build_server(control)) as client:
+        return {t.name: t.input_schema for t in (await client.list_tools()).tools}
+
+
+async def test_mcp_doc_table_matches_the_server() -> None:
+    """docs/mcp.md's tool table names every tool the server lists and each one's
+    arguments (``name?`` for an optional one), no more and no fewer."""
+    rows = re.findall(r"^\| `(calendar_\w+)` \|([^|]*)\|", (DOCS / "mcp.md").read_text(), re.M)
+    documented = {
+        name: {arg.strip("`") for arg in re.findall(r"`[\w?]+`", args)} for name, args in rows
+    }
+    listed = {}
+    for name, schema in (await _listed_tools()).items():
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        assert isinstance(properties, dict)
+        assert isinstance(required, list)
+        listed[name] = {p if p in required else f"{p}?" for p in properties}
+    assert documented == listed
+
+
+async def test_every_calendar_tool_the_docs_name_exists() -> None:
+    """A ``calendar_…`` name in backticks in any page is a listed tool or a table."""
+    from calsched.journal.schema import metadata
+
+    known = set(await _listed_tools()) | set(metadata.tables)
+    for page in PAGES:
+        named = set(re.findall(r"`(calendar_\w+)", page.read_text()))
+        assert named <= known, (page.name, named - known)
+    readme = set(re.findall(r"`(calendar_\w+)`", (ROOT / "README.md").read_text()))
+    assert readme == set(await _listed_tools())
