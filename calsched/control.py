@@ -6,8 +6,9 @@ Every request goes through, in this order:
    of ``allowed_hosts``, else 403 ``forbidden_host``. It applies to every route, ``/healthz``
    included: a loopback probe names ``127.0.0.1`` anyway, and one rule is easier to trust
    than a list of exceptions. A request without a ``Host`` header is refused the same way.
-2. **authentication** (every route but ``/healthz``): ``Authorization: Bearer <token>`` with
-   the admin token or an agent token (:mod:`calsched.tokens`); else 401 ``unauthorized``.
+2. **authentication** (every route but ``/healthz`` and ``/readyz``): ``Authorization:
+   Bearer <token>`` with the admin token or an agent token (:mod:`calsched.tokens`); else
+   401 ``unauthorized``.
 3. **authorization**: an agent token acts only on its own ``/v1/agents/<id>/…`` routes;
    elsewhere it gets 403 ``forbidden``.
 4. the **body** (POST): at most ``max_body`` bytes, counted while it streams in (a
@@ -74,7 +75,7 @@ from calsched.journal.idempotency import MAX_KEY_CHARS, ToolKey
 from calsched.metrics import CONTENT_TYPE, Metrics
 from calsched.model import MAX_ID_CHARS, Actor, Id, SlotView, parse
 from calsched.ports import OutboxTools, SlotTools
-from calsched.status import AgentStatus, SlotEntry
+from calsched.status import AgentStatus, Readiness, SlotEntry
 from calsched.tokens import MIN_SECRET_BYTES, agent_of_token, verify_admin_token
 from calsched.tracing import NO_TRACING, Tracing
 
@@ -213,9 +214,11 @@ class _ControlApi:
         max_body: int,
         max_field: int,
         outbox: OutboxTools | None = None,
+        readiness: Callable[[], Awaitable[Readiness]] | None = None,
     ) -> None:
         self.tools = tools
         self.outbox = outbox
+        self.readiness = readiness
         self.secret = secret
         self.metrics = metrics
         self.max_body = max_body
@@ -299,6 +302,17 @@ class _ControlApi:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+    async def readyz(self, request: Request) -> Response:
+        # No token, like /healthz: probes carry none, and the details name no secret.
+        if self.readiness is None:
+            raise _ApiError(404, "not_found", "readiness is not enabled")
+        ready = await self.readiness()
+        if ready.ready:
+            return JSONResponse(ready.to_wire())
+        failed = "; ".join(f"{name}: {ready.checks[name].detail}" for name in ready.failing)
+        body = {"error": "not_ready", "message": failed, **ready.to_wire()}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     async def status(self, request: Request) -> Response:
         self._admin(request)
@@ -532,14 +546,17 @@ def create_control_app(
     max_field: int = MAX_FIELD,
     tracing: Tracing = NO_TRACING,
     outbox: OutboxTools | None = None,
+    readiness: Callable[[], Awaitable[Readiness]] | None = None,
 ) -> Starlette:
     """The control API (protocol section 2) serving ``tools``, as an ASGI app.
 
     ``secret`` is the daemon secret tokens are derived from (:mod:`calsched.tokens`);
-    ``metrics``, if given, is served at ``/metrics``; ``allowed_hosts`` are the names
-    accepted in the ``Host`` header (an IPv6 address in brackets, as in ``[::1]``);
-    ``tracing``, when on, makes each request a span continuing its ``traceparent``;
-    ``outbox``, if given, serves the operator's outbox actions (``/v1/outbox/...``).
+    ``metrics``, if given, is served at ``/metrics``, and ``readiness`` (the scheduler's
+    :meth:`~calsched.scheduler.Scheduler.readiness`) at ``/readyz``; ``allowed_hosts``
+    are the names accepted in the ``Host`` header (an IPv6 address in brackets, as in
+    ``[::1]``); ``tracing``, when on, makes each request a span continuing its
+    ``traceparent``; ``outbox``, if given, serves the operator's outbox actions
+    (``/v1/outbox/...``).
     Raises :class:`~calsched.errors.ConfigError` for an unusable setting.
     """
     if len(secret) < MIN_SECRET_BYTES:
@@ -548,11 +565,12 @@ def create_control_app(
         raise ConfigError("allowed_hosts must be a non-empty list of host names")
     if max_body < 1 or max_field < 1:
         raise ConfigError("max_body and max_field must be positive")
-    api = _ControlApi(tools, secret, metrics, max_body, max_field, outbox)
+    api = _ControlApi(tools, secret, metrics, max_body, max_field, outbox, readiness)
     # :path so an agent id holding "/" (sent as %2F, decoded before routing) still routes.
     agent = "/v1/agents/{agent_id:path}/slot"
     routes = [
         Route("/healthz", _endpoint(api.healthz), methods=["GET"]),
+        Route("/readyz", _endpoint(api.readyz), methods=["GET"]),
         Route("/v1/status", _endpoint(api.status), methods=["GET"]),
         Route("/metrics", _endpoint(api.metrics_text), methods=["GET"]),
         Route("/v1/agents/{agent_id:path}/status", _endpoint(api.agent_status), methods=["GET"]),

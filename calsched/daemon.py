@@ -49,6 +49,7 @@ from calsched.errors import (
 )
 from calsched.logs import get_logger, hidden_modules
 from calsched.model import AgentReport
+from calsched.notify import Notifier
 from calsched.ports import Host, WakeRequest
 
 if TYPE_CHECKING:
@@ -219,9 +220,14 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = Fa
         # the daemon only needs the library. The first import decides, so it is made here.
         import httpx  # noqa: F401
 
+    # Taken once and removed from the environment: a command host's children must not
+    # notify systemd in calsched's name (docs/operations.md, "Running as a service").
+    notifier = Notifier.from_env(unset=True)
     while True:
         try:
-            code = asyncio.run(_serve(cfg, exit_on_restart=exit_on_restart, standby=standby))
+            code = asyncio.run(
+                _serve(cfg, notifier, exit_on_restart=exit_on_restart, standby=standby)
+            )
         except LeaseLostError:  # lost while starting (a recovery write refused)
             code = _LOST
         if code != _LOST:
@@ -229,9 +235,10 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = Fa
         if not standby:
             return EXIT_LEASE_LOST
         log.info("back to standby", identifier=cfg.identifier)
+        notifier.status(f"standing by for identifier {cfg.identifier}")
 
 
-async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
+async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, standby: bool) -> int:
     from calsched.control import create_control_app, serve_control
     from calsched.failpoints import Failpoint, failpoint_from_env
     from calsched.journal import Journal
@@ -310,6 +317,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
             allowed_hosts=_allowed_hosts(cfg.control),
             tracing=tracing,
             outbox=scheduler.dead_letters,
+            readiness=scheduler.readiness,
         )
         server = serve_control(app, cfg.control.host, cfg.control.port)
         try:
@@ -319,6 +327,7 @@ async def _serve(cfg: Config, *, exit_on_restart: bool, standby: bool) -> int:
                 server,
                 sock,
                 lost,
+                notifier,
                 backend="embedded" if cfg.backend_url is None else backend.base_url,
                 exit_on_restart=exit_on_restart,
             )
@@ -407,6 +416,7 @@ async def _supervise(
     server: ControlServer,
     sock: socket.socket,
     lost: asyncio.Event,
+    notifier: Notifier,
     *,
     backend: str,
     exit_on_restart: bool,
@@ -428,10 +438,14 @@ async def _supervise(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig)
     waiters: dict[asyncio.Task[Any], str] = {}
+    code = 1
     try:
         await scheduler.start()
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="calsched-control")
         waiters[server_task] = "control"
+        # READY=1 once the lease is held (taken before) and the control API answers.
+        if await _serving(server, server_task):
+            notifier.ready(f"serving {cfg.control.url} for identifier {cfg.identifier}")
         waiters[asyncio.create_task(stop.wait())] = "signal"
         waiters[asyncio.create_task(lost.wait())] = "lease"
         if exit_on_restart:
@@ -463,6 +477,8 @@ async def _supervise(
             code = 1
         return code
     finally:
+        if code != _LOST:  # a step-down may stand by again: systemd must not stop us
+            notifier.stopping()
         server.should_exit = True
         for task, name in waiters.items():
             if name != "control":
@@ -470,6 +486,15 @@ async def _supervise(
         await asyncio.gather(*waiters, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _serving(server: ControlServer, task: asyncio.Task[Any]) -> bool:
+    """Wait until uvicorn serves on its socket; ``False`` if it ended first."""
+    while not server.started:
+        if task.done():
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def serve_backend(cfg: Config, api_key: str, *, host: str, port: int) -> None:

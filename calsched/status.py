@@ -24,6 +24,8 @@ __all__ = [
     "HistoryEntry",
     "LeaseStatus",
     "OutboxSummary",
+    "Readiness",
+    "ReadinessCheck",
     "SchedulerStatus",
     "SlotEntry",
 ]
@@ -169,3 +171,28 @@ class AgentStatus(WireModel):
             waiting=[e for e in mine if e is not current],
             history=[h for h in status.history if h.agent_id == agent_id],
         )
+
+
+class ReadinessCheck(WireModel):
+    """One check of :class:`Readiness`: whether it passed, and a line saying what was seen."""
+
+    ok: bool
+    detail: str
+
+
+class Readiness(WireModel):
+    """Whether the daemon can do its work (``GET /readyz``): one entry per check,
+    by name (``journal``, ``lease``, ``backend``), and the names of those that failed.
+
+    Example: ``Readiness.of({"journal": ReadinessCheck(ok=True, detail="read ok")}).ready``
+    """
+
+    ready: bool
+    checks: dict[str, ReadinessCheck]
+    failing: list[str] = []
+
+    @classmethod
+    def of(cls, checks: dict[str, ReadinessCheck]) -> Readiness:
+        """Ready when every check passed."""
+        failing = [name for name, check in checks.items() if not check.ok]
+        return cls(ready=not failing, checks=checks, failing=failing)

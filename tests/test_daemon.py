@@ -26,6 +26,7 @@ from calsched.errors import ConfigError, WakeFailedError
 from calsched.host import CommandHost, WebhookHost
 from calsched.journal import Journal
 from calsched.model import HeartbeatRequest, SlotState, SlotUpdate, utcnow
+from calsched.notify import Notifier
 from calsched.ports import WakeRequest
 
 
@@ -172,6 +173,7 @@ class FakeServer:
 
     def __init__(self, *, crash: bool = False) -> None:
         self.should_exit = False
+        self.started = False
         self.crash = crash
         self.served_with: list[object] | None = None
 
@@ -180,8 +182,23 @@ class FakeServer:
         self.served_with = sockets
         if self.crash:
             raise OSError("accept failed")
+        await asyncio.sleep(0.01)  # uvicorn's start-up: READY=1 must wait for it
+        self.started = True
         while not self.should_exit:
             await asyncio.sleep(0.005)
+
+
+class RecordingNotifier(Notifier):
+    """A notifier that records what it would send, and whether the server had started."""
+
+    def __init__(self, server: FakeServer) -> None:
+        super().__init__(None)
+        self.server = server
+        self.sent: list[tuple[str, bool]] = []
+
+    def notify(self, *fields: str) -> bool:
+        self.sent.append(("\n".join(fields), self.server.started))
+        return True
 
 
 async def supervise(
@@ -190,6 +207,7 @@ async def supervise(
     *,
     exit_on_restart: bool = True,
     lost: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
     """Run _supervise with the fakes and a placeholder socket."""
     return await _supervise(
@@ -198,6 +216,7 @@ async def supervise(
         server,  # type: ignore[arg-type]
         "sock",  # type: ignore[arg-type]
         lost or asyncio.Event(),
+        notifier or Notifier(None),
         backend="embedded",
         exit_on_restart=exit_on_restart,
     )
@@ -235,3 +254,32 @@ async def test_supervise_steps_down_when_the_lease_is_lost() -> None:
     asyncio.get_running_loop().call_later(0.05, lost.set)
     assert await supervise(FakeScheduler(), server, lost=lost) == _LOST
     assert server.should_exit
+
+
+async def test_supervise_notifies_ready_once_serving_and_stopping_at_the_end() -> None:
+    """READY=1 only after the server started; STOPPING=1 when the stop begins."""
+    scheduler, server = FakeScheduler(), FakeServer()
+    notifier = RecordingNotifier(server)
+    asyncio.get_running_loop().call_later(0.1, scheduler.restart_requested.set)
+    assert await supervise(scheduler, server, notifier=notifier) == EXIT_RESTART
+    ready, stopping = notifier.sent
+    assert ready[0].startswith("READY=1\nSTATUS=serving http://127.0.0.1:")
+    assert ready[1] is True  # the server had started when READY=1 went out
+    assert stopping == ("STOPPING=1", True)
+
+
+async def test_supervise_sends_no_ready_when_the_control_api_dies() -> None:
+    server = FakeServer(crash=True)
+    notifier = RecordingNotifier(server)
+    assert await supervise(FakeScheduler(), server, notifier=notifier) == 1
+    assert notifier.sent == [("STOPPING=1", False)]
+
+
+async def test_supervise_sends_no_stopping_on_a_step_down() -> None:
+    """A step-down may stand by again: STOPPING=1 would make systemd stop the unit."""
+    lost = asyncio.Event()
+    server = FakeServer()
+    notifier = RecordingNotifier(server)
+    asyncio.get_running_loop().call_later(0.1, lost.set)
+    assert await supervise(FakeScheduler(), server, lost=lost, notifier=notifier) == _LOST
+    assert [text.split("\n")[0] for text, _ in notifier.sent] == ["READY=1"]

@@ -837,3 +837,22 @@ def test_two_engines_write_one_sqlite_file_concurrently(sqlite_url: str) -> None
     finally:
         for journal in journals:
             journal.close()
+
+
+def test_ping_reads_the_journal(journal: Journal) -> None:
+    """The readiness read answers on an empty journal (both databases)."""
+    assert journal.ping() is None
+
+
+def test_ping_fails_when_the_slots_table_is_gone(sqlite_journal: Journal) -> None:
+    """A journal whose table cannot be read fails the ping with a JournalError."""
+    from calsched.errors import JournalError
+
+    with sqlite_journal.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE slots RENAME TO slots_away")
+    try:
+        with pytest.raises(JournalError):
+            sqlite_journal.ping()
+    finally:
+        with sqlite_journal.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE slots_away RENAME TO slots")

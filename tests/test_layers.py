@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
         "calsched.tokens",
         "calsched.bodies",
         "calsched.tracing",
+        "calsched.notify",
     ),
     ("calsched.scheduler",),
     ("calsched.backend", "calsched.host", "calsched.control", "calsched.mcp", "calsched.testing"),

@@ -82,3 +82,13 @@ def test_a_new_attempt_takes_its_new_place_in_the_order() -> None:
     a = live.get("a")
     assert a is not None
     assert a.attempt == 2
+
+
+def test_by_state_counts_the_live_slots() -> None:
+    live = LiveView()
+    assert live.by_state() == {}
+    live.load([view("a", "alice", S.pending, 1), view("b", "alice", S.pending, 2)])
+    live.absorb(Applied([], {"a": change(S.dispatching, 3)}))
+    assert live.by_state() == {"dispatching": 1, "pending": 1}
+    live.absorb(Applied([], {"a": change(S.aborted, 4)}))
+    assert live.by_state() == {"pending": 1}

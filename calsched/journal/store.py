@@ -209,6 +209,13 @@ class Journal(OutboxLog):
             found = self._select_views(conn, slots.c.slot_id.in_(sorted(set(slot_ids))))
         return {v.slot_id: v for v in found}
 
+    def ping(self) -> None:
+        """The cheapest read of the journal itself (one index probe of ``slots``), for
+        readiness; raises :class:`~calsched.errors.JournalError` when it cannot be read."""
+        with self._read() as conn:
+            stmt = select(slots.c.slot_id).where(slots.c.identifier == self.identifier)
+            conn.execute(stmt.limit(1)).first()
+
     def load_active(self) -> list[SlotView]:
         """Every non-terminal slot, oldest first: all that start-up needs to read."""
         with self._read() as conn:

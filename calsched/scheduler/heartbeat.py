@@ -172,7 +172,9 @@ class Heartbeat:
             return False
         self.metrics.heartbeats.labels("ok").inc()
         self.failures = 0
-        self.health = BackendHealth(last_ok=self._clock())
+        answered = self._clock()
+        self.health = BackendHealth(last_ok=answered)
+        self.metrics.heartbeat_last_success.set(answered.timestamp())
         self.restart_pending = response.restart_pending
         if response.restart_pending:
             self.restart_requested.set()

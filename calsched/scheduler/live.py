@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -71,6 +72,10 @@ class LiveView:
     def sorted(self) -> list[SlotView]:
         """Every live slot, oldest received first."""
         return sorted(self._slots.values(), key=lambda v: (v.received_at, v.slot_id))
+
+    def by_state(self) -> dict[str, int]:
+        """How many live slots are in each state (for metrics: one pass, per scrape)."""
+        return dict(Counter(v.state.value for v in self._slots.values()))
 
     def of_agent(self, agent_id: str) -> list[SlotView]:
         """The agent's live slots, oldest first."""

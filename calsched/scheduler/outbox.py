@@ -220,6 +220,7 @@ class OutboxWorker:
             )
             try:
                 await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
+                self.metrics.outbox_deliveries.labels("retried").inc()
             except Exception as failed:  # the journal itself may be what failed
                 self.journal_failed(failed)
                 return False
@@ -297,6 +298,7 @@ class OutboxWorker:
             applied = await self._gateway.commit_work(
                 lambda conn: self.journal.settle_conflict_in(conn, row, held, reason)
             )
+            self.metrics.outbox_deliveries.labels("reconciled").inc()
             for event in applied.events:
                 await self._reconciled(event.agent_id)
             log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
@@ -311,6 +313,7 @@ class OutboxWorker:
             if isinstance(exc, TimeoutError):
                 exc = no_answer(self.settings.backend_deadline_s)
             await self._reschedule(row, self.retry_wait(row.tries, hint), str(exc))
+            self.metrics.outbox_deliveries.labels("retried").inc()
             return
         except BackendError as exc:
             await self._mark_dead(row, str(exc))
@@ -318,6 +321,7 @@ class OutboxWorker:
         self._failpoint("after_outbox_send")
         self._report_key(False)
         await self.marker(row.id)
+        self.metrics.outbox_deliveries.labels("delivered").inc()
 
     async def _mark_delivered(self, row_ids: list[int]) -> list[Outcome[None]]:
         try:
@@ -338,3 +342,4 @@ class OutboxWorker:
 
     async def _mark_dead(self, row: OutboxRow, error: str) -> None:
         await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
+        self.metrics.outbox_deliveries.labels("dead_lettered").inc()

@@ -43,12 +43,14 @@ from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker
+from calsched.scheduler.readiness import ReadinessProbe
 from calsched.scheduler.tools import ToolDesk
 from calsched.settings import SchedulerSettings
 from calsched.status import (
     HistoryEntry,
     LeaseStatus,
     OutboxSummary,
+    Readiness,
     SchedulerStatus,
     SlotEntry,
 )
@@ -103,6 +105,7 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._live = LiveView()
+        self.metrics.count_active(self._live.by_state)
         self._gateway = JournalGateway(
             journal, on_applied=self._absorb, after_commit=partial(failpoint, "after_commit")
         )
@@ -138,6 +141,9 @@ class Scheduler:
             clock=clock,
             tracing=tracing,
         )
+        self._readiness = ReadinessProbe(
+            settings, self._gateway, self._heartbeat, clock=clock, lease_status=lease_status
+        )
         keys = IdempotencyStore(journal.engine, journal.identifier, clock=clock)
         self._tools = ToolDesk(self._gateway, self._live, self._dispatch, keys, tracing=tracing)
         #: The operator's outbox actions (retry, discard), for the control API.
@@ -157,7 +163,8 @@ class Scheduler:
     # -- the live view ------------------------------------------------------------------
 
     def _absorb(self, applied: Applied) -> None:
-        """Take committed views into the live view, history and metrics."""
+        """Take committed views into the live view, history and metrics (active slots are
+        counted from the live view when scraped)."""
         outbox = False
         kinds: Counter[str] = Counter()
         for event in applied.events:
@@ -167,7 +174,6 @@ class Scheduler:
         for kind, count in kinds.items():  # one labels() lookup per kind, not per event
             self.metrics.transitions.labels(kind).inc(count)
         self._history.extend(HistoryEntry.from_view(v) for v in self._live.absorb(applied))
-        self.metrics.active_slots.set(len(self._live))
         if outbox:
             self._outbox.kick()
 
@@ -271,7 +277,6 @@ class Scheduler:
         self._live.load(views)
         self._history.clear()
         self._history.extend(HistoryEntry.from_view(v) for v in reversed(recent) if v.terminal)
-        self.metrics.active_slots.set(len(self._live))
         self._failpoint("during_recovery")
         for view in views:
             if view.state is SlotState.dispatching:
@@ -374,6 +379,10 @@ class Scheduler:
             restart_pending=self._heartbeat.restart_pending,
             lease=self._lease_status() if self._lease_status is not None else None,
         )
+
+    async def readiness(self) -> Readiness:
+        """The readiness checks (``GET /readyz``): the journal, the lease, the backend."""
+        return await self._readiness.check()
 
     def _key_refused(self, refused: bool) -> None:
         self._heartbeat.key_refused(refused)
