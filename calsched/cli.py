@@ -173,10 +173,13 @@ def _root(
     config: ConfigOption = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="Journal database URL (SQLAlchemy); overrides the config."),
+        typer.Option(
+            metavar="URL", help="Journal database URL (SQLAlchemy); overrides the config."
+        ),
     ] = None,
     identifier: Annotated[
-        str | None, typer.Option(help="This plugin instance's name in the journal.")
+        str | None,
+        typer.Option(metavar="ID", help="This plugin instance's name in the journal."),
     ] = None,
     version: Annotated[
         bool,
@@ -204,22 +207,28 @@ def run(
     ctx: typer.Context,
     backend_url: Annotated[
         str | None,
-        typer.Option(help="Calendar backend base URL (default: the embedded local calendar)."),
+        typer.Option(
+            metavar="URL",
+            help="Calendar backend base URL (default: the embedded local calendar).",
+        ),
     ] = None,
     control_host: Annotated[
-        str | None, typer.Option(help="Address the control API binds (default 127.0.0.1).")
+        str | None,
+        typer.Option(metavar="HOST", help="Address the control API binds (default 127.0.0.1)."),
     ] = None,
     control_port: Annotated[
-        int | None, typer.Option(help="Port of the control API (default 8765).")
+        int | None, typer.Option(metavar="PORT", help="Port of the control API (default 8765).")
     ] = None,
     heartbeat_interval: Annotated[
-        float | None, typer.Option(help="Seconds between heartbeats (default 30).")
+        float | None,
+        typer.Option(metavar="SECONDS", help="Seconds between heartbeats (default 30)."),
     ] = None,
     log_json: Annotated[
         bool | None, typer.Option("--log-json/--log-text", help="Log lines as JSON.")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error (default info).")
+        str | None,
+        typer.Option(metavar="LEVEL", help="debug, info, warning or error (default info)."),
     ] = None,
     exit_on_restart: Annotated[
         bool,

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from calsched.commands.common import (
-    EXIT_USAGE,
     JsonOption,
     config_of,
     fail,
@@ -35,6 +34,7 @@ from calsched.commands.listing import (
     field_cell,
     note_cell,
     note_shown,
+    output_form,
     time_cell,
 )
 from calsched.commands.progress import progress_bar
@@ -88,18 +88,6 @@ UntilOption = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON array (streamed).")]
 
 
-def _output(chosen: Format, as_json: bool, as_jsonl: bool) -> Format:
-    """The one output form of ``--format``, ``--json`` and ``--jsonl``."""
-    wanted = {Format.json} if as_json else set()
-    if as_jsonl:
-        wanted.add(Format.jsonl)
-    if chosen is not Format.table:
-        wanted.add(chosen)
-    if len(wanted) > 1:
-        fail("give one of --json, --jsonl or --format", EXIT_USAGE)
-    return wanted.pop() if wanted else Format.table
-
-
 def _history_row(view: SlotView) -> dict[str, Any]:
     return {
         "slot_id": view.slot_id,
@@ -139,7 +127,7 @@ def history(
 
     Example: calsched history --agent bob --since -1d --jsonl
     """
-    form = _output(output, as_json, as_jsonl)
+    form = output_form(as_json, as_jsonl, output)
     since_at = parse_when(since, option="--since") if since else None
     until_at = parse_when(until, option="--until") if until else None
     wanted = bound(limit, everything)
@@ -218,7 +206,7 @@ def events(
 
     Example: calsched events --agent bob --since -1h
     """
-    form = _output(Format.table, as_json, as_jsonl)
+    form = output_form(as_json, as_jsonl)
     where: dict[str, Any] = {
         "agent_id": agent,
         "since": parse_when(since, option="--since") if since else None,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from calsched.commands.common import console, short_time
+from calsched.commands.common import EXIT_USAGE, console, fail, short_time
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +47,7 @@ __all__ = [
     "field_cell",
     "note_cell",
     "note_shown",
+    "output_form",
     "print_table",
     "table_of",
     "time_cell",
@@ -63,13 +64,9 @@ TIME_WIDTH = 20
 
 LimitOption = Annotated[
     int,
-    typer.Option(
-        min=0, metavar="N", help=f"Show at most N rows (default {DEFAULT_LIMIT}; 0: all)."
-    ),
+    typer.Option(min=0, metavar="N", help="Show at most N rows (0: all)."),
 ]
-AllOption = Annotated[
-    bool, typer.Option("--all", help="Show every row (streamed; overrides --limit).")
-]
+AllOption = Annotated[bool, typer.Option("--all", help="Show every row (overrides --limit).")]
 JsonLinesOption = Annotated[
     bool, typer.Option("--jsonl", help="Print JSON Lines: one object a line, streamed.")
 ]
@@ -84,17 +81,31 @@ class Format(StrEnum):
     csv = "csv"
 
 
+def output_form(as_json: bool, as_jsonl: bool, chosen: Format | None = None) -> Format:
+    """The one form ``--json``, ``--jsonl`` (and ``--format``, where there is one) ask for;
+    more than one is a usage error."""
+    wanted = {Format.json} if as_json else set()
+    if as_jsonl:
+        wanted.add(Format.jsonl)
+    if chosen is not None and chosen is not Format.table:
+        wanted.add(chosen)
+    if len(wanted) > 1:
+        options = "--json, --jsonl and --format" if chosen is not None else "--json and --jsonl"
+        fail(f"give only one of {options}", EXIT_USAGE)
+    return wanted.pop() if wanted else Format.table
+
+
 def bound(limit: int, everything: bool) -> int | None:
     """The row bound of ``--limit N`` / ``--all``: ``None`` for no bound."""
     return None if everything or limit == 0 else limit
 
 
-def note_shown(shown: int, total: int, noun: str, *, which: str = "") -> None:
+def note_shown(
+    shown: int, total: int, noun: str, *, which: str = "", hint: str = "use --limit N or --all"
+) -> None:
     """On stderr, when rows were left out: ``showing 50 of 198,000 events (...)``."""
     if shown < total:
-        typer.echo(
-            f"showing {which}{shown:,} of {total:,} {noun} (use --limit N or --all)", err=True
-        )
+        typer.echo(f"showing {which}{shown:,} of {total:,} {noun} ({hint})", err=True)
 
 
 @dataclass(frozen=True)
