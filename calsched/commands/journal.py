@@ -251,8 +251,15 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
             }
         )
     elif mismatches:
-        for mismatch in mismatches:
+        for mismatch in mismatches[:DEFAULT_LIMIT]:
             typer.echo(f"mismatch: {mismatch}")
+        note_shown(
+            min(len(mismatches), DEFAULT_LIMIT),
+            len(mismatches),
+            "mismatches",
+            which="the first ",
+            hint="`--json` lists them all",
+        )
     else:
         typer.echo("ok: the slots projection matches the events")
     if mismatches:

@@ -69,8 +69,10 @@ class Queries:
         )
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._read() as conn:
-            for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+        with self._read() as conn, conn.execute(stmt.execution_options(yield_per=1000)) as read:
+            # Closed by the with, also when the caller stops early: a server-side cursor
+            # (PostgreSQL) left to the garbage collector is an error there.
+            for row in read.mappings():
                 yield view_from_row(row)
 
     def count_history(
@@ -124,8 +126,8 @@ class Queries:
             stmt = select(newest).order_by(newest.c.seq)
         else:
             stmt = stmt.order_by(events.c.seq)
-        with self._read() as conn:
-            for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+        with self._read() as conn, conn.execute(stmt.execution_options(yield_per=1000)) as read:
+            for row in read.mappings():
                 yield event_from_row(row)
 
     def count_events(
