@@ -251,4 +251,14 @@ def test_narrow_and_wide_event_columns(many: Journal, monkeypatch: pytest.Monkey
     assert narrow == ["seq", "recorded", "slot", "agent", "trigger", "state", "note"]
     monkeypatch.setenv("COLUMNS", "120")
     wide = cli("events", "--limit", "1").stdout.splitlines()[0].split()
-    assert wide == ["seq", "recorded", "slot", "att", "agent", "trigger", "actor", "from→to", "note"]
+    assert wide == [
+        "seq",
+        "recorded",
+        "slot",
+        "att",
+        "agent",
+        "trigger",
+        "actor",
+        "from→to",
+        "note",
+    ]

@@ -20,9 +20,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def filled(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, drive: Callable[..., SlotView]
-) -> None:
+def filled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, drive: Callable[..., SlotView]) -> None:
     """An isolated configuration on a SQLite journal holding three slots (nine events)."""
     for name in list(os.environ):
         if name.startswith(("CALSCHED_", "TTY_", "FORCE_COLOR")):
