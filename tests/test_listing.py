@@ -262,3 +262,19 @@ def test_narrow_and_wide_event_columns(many: Journal, monkeypatch: pytest.Monkey
         "from→to",
         "note",
     ]
+
+
+@pytest.mark.parametrize("form", list(Format))
+def test_a_read_that_fails_at_once_prints_nothing(
+    form: Format, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A query that fails before its first row leaves stdout empty (no lone ``[`` or CSV
+    header before the error line)."""
+
+    def failing() -> Iterator[dict[str, Any]]:
+        raise RuntimeError("the read failed")
+        yield {}  # a generator
+
+    with pytest.raises(RuntimeError):
+        emit(failing(), form, [field_cell("id", "id")], fields=["id"])
+    assert capsys.readouterr().out == ""

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -183,8 +183,13 @@ def emit(
 ) -> int:
     """Print ``rows`` as they come in ``output`` form; return how many were printed.
 
-    ``cells`` lay out the table; ``fields`` are the CSV columns.
+    ``cells`` lay out the table; ``fields`` are the CSV columns. The first row is read
+    before anything is written, so a query that fails at once prints nothing on stdout
+    (its ``error:`` line alone on stderr), not half a document.
     """
+    iterator = iter(rows)
+    first = next(iterator, None)
+    rows = iterator if first is None else chain((first,), iterator)
     if output is Format.json:
         return _json_array(rows)
     if output is Format.jsonl:
