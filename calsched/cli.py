@@ -33,8 +33,52 @@ __all__ = ["EXIT_ERROR", "EXIT_RESTART", "EXIT_USAGE", "app", "main", "register"
 # -- errors: one line, no traceback ------------------------------------------------------
 
 
+def _metavar(param: Any) -> str:
+    """What help shows after an option: nothing for a flag, the choices, or a word."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    described = param.type_descriptor
+    if described.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in described.choices or ())
+    if described.is_path:
+        return "PATH"
+    annotation = described.annotation
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "NUMBER"
+    return "TEXT"
+
+
+def _no_type(ctx: Any) -> None:
+    """No type column for an argument in help (see :func:`_plain_metavars`)."""
+
+
+def _plain_metavars(command: Any, ctx: Any) -> None:
+    """Give every option of ``command`` and its subcommands a metavar, once per app.
+
+    typer 0.29 shows an option without a metavar by its Python type in angle brackets
+    (``<str>``, ``<int range>``, and ``<bool>`` even on a flag, which takes no value).
+    Done here, over the whole tree, so a command another module registers gets it too.
+    """
+    for param in command.get_params(ctx):
+        if param.param_type_name == "option" and param.metavar is None:
+            param.metavar = _metavar(param)
+        elif param.param_type_name == "argument":
+            # An argument's name (its metavar, ``ID``) already says what it takes; typer
+            # would add its Python type beside it (``<int>``).
+            param.display_type_rich = _no_type
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub, ctx)
+
+
 class _Group(typer.core.TyperGroup):
     """The root group: maps errors to one ``error:`` line and an exit status."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Parse as typer does, after giving every option a plain metavar for help."""
+        _plain_metavars(self, ctx)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
         """Run the command; a :class:`CalschedError` becomes ``error: ...`` and status 1."""
@@ -87,7 +131,7 @@ app = typer.Typer(
     cls=_Group,
     help="Crash-tolerant calendar-slot scheduler for AI-agent hosts.",
     invoke_without_command=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -137,15 +181,22 @@ def _root(
     config: ConfigOption = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="Journal database URL (SQLAlchemy); overrides the config."),
+        typer.Option(
+            metavar="URL", help="Journal database URL (SQLAlchemy); overrides the config."
+        ),
     ] = None,
     identifier: Annotated[
-        str | None, typer.Option(help="This plugin instance's name in the journal.")
+        str | None,
+        typer.Option(metavar="ID", help="This plugin instance's name in the journal."),
     ] = None,
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
         ),
     ] = False,
 ) -> None:
@@ -164,22 +215,28 @@ def run(
     ctx: typer.Context,
     backend_url: Annotated[
         str | None,
-        typer.Option(help="Calendar backend base URL (default: the embedded local calendar)."),
+        typer.Option(
+            metavar="URL",
+            help="Calendar backend base URL (default: the embedded local calendar).",
+        ),
     ] = None,
     control_host: Annotated[
-        str | None, typer.Option(help="Address the control API binds (default 127.0.0.1).")
+        str | None,
+        typer.Option(metavar="HOST", help="Address the control API binds (default 127.0.0.1)."),
     ] = None,
     control_port: Annotated[
-        int | None, typer.Option(help="Port of the control API (default 8765).")
+        int | None, typer.Option(metavar="PORT", help="Port of the control API (default 8765).")
     ] = None,
     heartbeat_interval: Annotated[
-        float | None, typer.Option(help="Seconds between heartbeats (default 30).")
+        float | None,
+        typer.Option(metavar="SECONDS", help="Seconds between heartbeats (default 30)."),
     ] = None,
     log_json: Annotated[
         bool | None, typer.Option("--log-json/--log-text", help="Log lines as JSON.")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error (default info).")
+        str | None,
+        typer.Option(metavar="LEVEL", help="debug, info, warning or error (default info)."),
     ] = None,
     exit_on_restart: Annotated[
         bool,

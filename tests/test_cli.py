@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,6 +158,71 @@ def test_every_command_is_listed() -> None:
 def test_version() -> None:
     """--version prints the package version."""
     assert cli("--version").stdout.strip() == f"calsched {__version__}"
+
+
+def test_version_short_option() -> None:
+    """-V is --version."""
+    assert cli("-V").stdout == cli("--version").stdout
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "calsched")
+def test_help_shows_no_type_placeholders(path: tuple[str, ...]) -> None:
+    """Help names what an option takes (ID, N, TIME, a|b), never a Python type in angle
+    brackets, and a flag shows no value at all."""
+    out = cli(*path, "--help").stdout
+    assert re.findall(r"<[^>\n]*>", out) == []
+    help_line = next(line for line in out.splitlines() if "--help" in line)
+    assert help_line.split("--help")[1].split()[:2] == ["-h", "Show"]
+
+
+def test_option_metavars_name_what_they_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The words help shows after options."""
+    monkeypatch.setenv("COLUMNS", "120")
+    out = " ".join(cli("events", "--help").stdout.split())
+    for shown in ("--slot -s ID", "--agent -a ID", "--since TIME", "--limit N", "--all Show"):
+        assert shown in out
+    assert "--format -f table|json|jsonl|csv" in " ".join(cli("history", "--help").stdout.split())
+
+
+def test_shell_completion() -> None:
+    """--show-completion prints a script; the completion protocol completes commands
+    and options."""
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="calsched")
+    assert script.exit_code == 0
+    assert "_CALSCHED_COMPLETE=complete_bash" in script.stdout
+    assert "--install-completion" in cli("--help").stdout
+
+    def complete(words: str) -> list[str]:
+        env = {
+            "_CALSCHED_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        result = runner.invoke(app, [], env=env, prog_name="calsched")
+        assert result.exit_code == 0
+        return result.stdout.split()
+
+    assert complete("calsched hist") == ["history"]
+    assert {"--agent", "--since", "--jsonl", "--all"} <= set(complete("calsched events --"))
+
+
+def test_a_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without psycopg a PostgreSQL URL says which driver and how to install it."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` now fails
+    url = "postgresql+psycopg://calsched:hunter2@127.0.0.1:9/calsched"
+    line = error_line(cli("--database-url", url, "history", code=1))
+    assert line == (
+        "error: the database URL needs the PostgreSQL driver psycopg: "
+        "pip install 'calsched[postgres]'"
+    )
+
+
+def test_single_object_commands_print_one_json_document(filled: Journal) -> None:
+    """db current, token and journal verify print one JSON object with --json."""
+    for args in (["db", "current"], ["token", "--agent", "bob"], ["journal", "verify"]):
+        result = cli(*args, "--json")
+        assert isinstance(json.loads(result.stdout), dict), args
+        assert result.stderr == "", args
 
 
 @pytest.mark.parametrize("path", [(), ("slots",), ("db",)], ids=["root", "slots", "db"])

@@ -1,4 +1,5 @@
-"""The docs stay true: every SQL query in docs/audit.md runs on a populated journal."""
+"""The docs stay true: every SQL query in docs/audit.md runs on a populated journal, and
+docs/cli.md names every command's options."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
 from sqlalchemy import text
 
+from calsched.cli import app
 from calsched.journal import Journal
 from calsched.journal.lease import Lease
 from calsched.model import SlotState, SlotView
@@ -149,3 +152,29 @@ async def test_every_calendar_tool_the_docs_name_exists() -> None:
         assert named <= known, (page.name, named - known)
     readme = set(re.findall(r"`(calendar_\w+)`", (ROOT / "README.md").read_text()))
     assert readme == set(await _listed_tools())
+
+
+def _options(command: object, path: tuple[str, ...]) -> list[tuple[str, str]]:
+    found = [
+        (" ".join(path), name)
+        for param in getattr(command, "params", [])
+        for name in param.opts
+        if name.startswith("--")
+    ]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _options(sub, (*path, name))
+    return found
+
+
+def test_cli_doc_names_every_option() -> None:
+    """Every long option of every command appears in docs/cli.md (a flag's ``--no-``
+    form, if it has one, need not)."""
+    doc = (DOCS / "cli.md").read_text()
+    options = _options(typer.main.get_command(app), ("calsched",))
+    assert len(options) > 50
+    missing = [
+        f"{path} {name}"
+        for path, name in options
+        if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", doc)
+    ]
+    assert missing == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +90,41 @@ def test_unusable_url_is_a_config_error_without_the_url(url: str, message: str) 
     assert str(info.value).startswith(message)
     assert "hunter2" not in str(info.value)
     assert info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "message"),
+    [
+        (
+            "postgresql+psycopg://u:hunter2@127.0.0.1/db",
+            "psycopg",
+            "the database URL needs the PostgreSQL driver psycopg: "
+            "pip install 'calsched[postgres]'",
+        ),
+        (
+            "postgresql+psycopg2://u:hunter2@127.0.0.1/db",
+            "psycopg2",
+            "the database URL names the PostgreSQL driver psycopg2, which is not installed; "
+            "calsched's is psycopg: pip install 'calsched[postgres]' and write "
+            "postgresql+psycopg://...",
+        ),
+        (
+            "mysql+pymysql://u:hunter2@127.0.0.1/db",
+            "pymysql",
+            "the database URL needs the mysql driver pymysql, which is not installed",
+        ),
+    ],
+    ids=["psycopg", "psycopg2", "other"],
+)
+def test_a_missing_driver_is_named_with_what_installs_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, module: str, message: str
+) -> None:
+    """A URL whose driver is not installed names the driver and the extra to install."""
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails
+    with pytest.raises(ConfigError) as info:
+        make_engine(url)
+    assert str(info.value) == message
+    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ The calendar lives in the journal's database (tables ``calendar_slots`` and
 from __future__ import annotations
 
 import uuid
+from itertools import islice
 from pathlib import Path
 from typing import Annotated
 
@@ -16,13 +17,23 @@ from calsched.commands.common import (
     AgentOption,
     JsonOption,
     config_of,
-    console,
     fail,
-    new_table,
     open_journal,
     parse_when,
     print_json,
-    short_time,
+)
+from calsched.commands.listing import (
+    DEFAULT_LIMIT,
+    AllOption,
+    JsonLinesOption,
+    LimitOption,
+    bound,
+    emit,
+    field_cell,
+    note_cell,
+    note_shown,
+    output_form,
+    time_cell,
 )
 
 __all__ = ["backend_serve", "slots_add", "slots_list"]
@@ -32,11 +43,14 @@ def slots_add(
     ctx: typer.Context,
     agent: AgentOption,
     slot_id: Annotated[
-        str | None, typer.Option("--id", help="Slot id (default: a new random one).")
+        str | None,
+        typer.Option("--id", metavar="ID", help="Slot id (default: a new random one)."),
     ] = None,
     title: Annotated[str | None, typer.Option(help="A short title.")] = None,
     prompt: Annotated[str | None, typer.Option(help="What the agent is told.")] = None,
-    at: Annotated[str, typer.Option(help="When it fires: now, +30s, +5m, or RFC 3339.")] = "now",
+    at: Annotated[
+        str, typer.Option(metavar="WHEN", help="When it fires: now, +30s, +5m, or RFC 3339.")
+    ] = "now",
     override_message: Annotated[
         str | None, typer.Option(help="Sent instead of the prompt when the agent is woken.")
     ] = None,
@@ -73,44 +87,50 @@ def slots_add(
         typer.echo(f"added slot {row['id']} for agent {row['agent_id']} at {row['fire_at']}")
 
 
+_SLOT_CELLS = (
+    field_cell("slot", "id"),
+    field_cell("agent", "agent_id"),
+    field_cell("title", "title", show="wide"),
+    time_cell("fires at", "fire_at"),
+    field_cell("status", "status", kind="word"),
+    field_cell("attempt", "attempt", kind="word", show="wide"),
+    note_cell(),
+)
+
+
 def slots_list(
     ctx: typer.Context,
     status: Annotated[
         list[str] | None,
         typer.Option(
             "--status",
+            metavar="STATUS",
             help="Only slots with this calendar status (repeatable): scheduled, fired, "
             "in_progress, paused, completed or aborted.",
         ),
     ] = None,
+    limit: LimitOption = DEFAULT_LIMIT,
+    everything: AllOption = False,
     as_json: JsonOption = False,
+    as_jsonl: JsonLinesOption = False,
 ) -> None:
     """List the embedded calendar's slots, by fire time, with their status there.
+
+    Shows the first 50 unless told otherwise (--limit N, --all); says so when it
+    leaves slots out.
 
     Example: calsched slots list --status scheduled --json
     """
     from calsched.backend.calendar import LocalCalendar
 
+    form = output_form(as_json, as_jsonl)
     cfg = config_of(ctx)
     with open_journal(cfg) as journal:
         found = LocalCalendar(journal.engine).list(status or None)
-    rows = [entry.to_wire() for entry in found]
-    if as_json:
-        print_json(rows)
-        return
-    table = new_table("slot", "agent", "title", "fires at", "status", "attempt", "summary / reason")
-    for row in rows:
-        table.add_row(
-            row["id"],
-            row["agent_id"],
-            row.get("title") or "",
-            short_time(row["fire_at"]),
-            row["status"],
-            str(row.get("attempt")),
-            row.get("summary") or row.get("reason") or "",
-        )
-    console().print(table)
-    if not rows:
+    wanted = bound(limit, everything)
+    shown = emit((entry.to_wire() for entry in islice(found, wanted)), form, _SLOT_CELLS)
+    note_shown(shown, len(found), "slots", which="the first ")
+    if not found:
         typer.echo("the calendar is empty", err=True)
 
 
@@ -119,10 +139,12 @@ def slots_list(
 
 def backend_serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8780,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Address to bind (loopback by default).")
+    ] = ("127.0.0.1"),
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to bind.")
+    ] = 8780,
     api_key_file: Annotated[
         Path | None,
         typer.Option(

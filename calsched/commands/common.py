@@ -55,7 +55,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-AgentOption = Annotated[str, typer.Option("--agent", "-a", help="The agent's id.")]
+AgentOption = Annotated[str, typer.Option("--agent", "-a", metavar="ID", help="The agent's id.")]
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -158,10 +158,13 @@ def console() -> Console:
 
 
 def new_table(*columns: str, title: str | None = None) -> Table:
-    """A rich table with these column headers (rich is imported on first use)."""
+    """A rich table with these column headers (rich is imported on first use), in the
+    listings' borderless style (:mod:`calsched.commands.listing` lays out for width)."""
     from rich.table import Table
 
-    return Table(*columns, title=title)
+    return Table(
+        *columns, title=title, box=None, pad_edge=False, padding=(0, 1), header_style="bold"
+    )
 
 
 def print_json(data: Any) -> None:

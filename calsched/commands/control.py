@@ -25,9 +25,17 @@ from calsched.commands.common import (
     config_of,
     console,
     fail,
-    new_table,
+    iso,
     print_json,
     short_time,
+)
+from calsched.commands.listing import (
+    DEFAULT_LIMIT,
+    field_cell,
+    note_cell,
+    note_shown,
+    print_table,
+    time_cell,
 )
 from calsched.config import Config
 
@@ -52,7 +60,7 @@ def _secret(cfg: Config, *, create: bool) -> bytes:
 def token(
     ctx: typer.Context,
     agent: Annotated[
-        str | None, typer.Option("--agent", "-a", help="Print this agent's token.")
+        str | None, typer.Option("--agent", "-a", metavar="ID", help="Print this agent's token.")
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Print the admin token.")] = False,
     as_json: JsonOption = False,
@@ -193,7 +201,9 @@ OperatorOption = Annotated[
 
 SlotIdOption = Annotated[
     str | None,
-    typer.Option("--slot", help="The slot you mean; refused if it is not the current one."),
+    typer.Option(
+        "--slot", metavar="ID", help="The slot you mean; refused if it is not the current one."
+    ),
 ]
 
 
@@ -321,29 +331,54 @@ def _print_status(data: Any) -> None:
             f"lease epoch {lease.epoch}  held by {lease.host} pid {lease.pid} "
             f"since {_when(lease.since)}  expires {_when(lease.expires_at)}{lost}"
         )
-    active = new_table(
-        "slot", "agent", "state", "attempt", "started", "last change", title="active"
+    active = [
+        {
+            "slot_id": entry.slot.id,
+            "agent_id": entry.slot.agent_id,
+            "state": entry.state.value,
+            "attempt": entry.attempt,
+            "started_at": iso(entry.started_at),
+            "last_change": iso(entry.last_change),
+        }
+        for entry in status.active
+    ]
+    print_table(active[:DEFAULT_LIMIT], _ACTIVE_CELLS, title="active")
+    note_shown(
+        min(len(active), DEFAULT_LIMIT),
+        len(active),
+        "active slots",
+        which="the first ",
+        hint="`calsched status --json` has them all",
     )
-    for entry in status.active:
-        active.add_row(
-            entry.slot.id,
-            entry.slot.agent_id,
-            entry.state.value,
-            str(entry.attempt),
-            _when(entry.started_at),
-            _when(entry.last_change),
-        )
-    out.print(active)
-    recent = new_table("slot", "agent", "status", "resolved", "summary / reason", title="history")
-    for item in status.history:
-        recent.add_row(
-            item.slot_id,
-            item.agent_id,
-            item.status.value,
-            _when(item.resolved_at),
-            item.summary or item.reason or "",
-        )
-    out.print(recent)
+    recent = [
+        {
+            "slot_id": item.slot_id,
+            "agent_id": item.agent_id,
+            "status": item.status.value,
+            "resolved_at": iso(item.resolved_at),
+            "summary": item.summary,
+            "reason": item.reason,
+        }
+        for item in status.history
+    ]
+    print_table(recent, _RECENT_CELLS, title="history")
+
+
+_ACTIVE_CELLS = (
+    field_cell("slot", "slot_id"),
+    field_cell("agent", "agent_id"),
+    field_cell("state", "state", kind="word"),
+    field_cell("attempt", "attempt", kind="word", show="wide"),
+    time_cell("started", "started_at"),
+    time_cell("last change", "last_change"),
+)
+_RECENT_CELLS = (
+    field_cell("slot", "slot_id"),
+    field_cell("agent", "agent_id"),
+    field_cell("status", "status", kind="word"),
+    time_cell("resolved", "resolved_at"),
+    note_cell(),
+)
 
 
 def _when(value: datetime | None) -> str:

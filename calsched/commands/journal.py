@@ -5,10 +5,8 @@ They read (or migrate) the journal database directly; no daemon needs to run.
 
 from __future__ import annotations
 
-import csv
-import sys
+from contextlib import closing
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -16,17 +14,30 @@ import typer
 from calsched.commands.common import (
     JsonOption,
     config_of,
-    console,
     fail,
     holding_lease,
     iso,
-    new_table,
     open_journal,
     parse_when,
     print_json,
-    short_time,
     sqlite_path,
 )
+from calsched.commands.listing import (
+    DEFAULT_LIMIT,
+    AllOption,
+    Cell,
+    Format,
+    JsonLinesOption,
+    LimitOption,
+    bound,
+    emit,
+    field_cell,
+    note_cell,
+    note_shown,
+    output_form,
+    time_cell,
+)
+from calsched.commands.progress import progress_bar
 from calsched.model import Event, SlotState, SlotView, format_time
 
 if TYPE_CHECKING:
@@ -43,13 +54,8 @@ __all__ = [
 ]
 
 
-class HistoryFormat(StrEnum):
-    """Output formats of ``calsched history``."""
-
-    table = "table"
-    json = "json"
-    csv = "csv"
-
+#: ``history --format``: the forms every listing has (an alias kept for importers).
+HistoryFormat = Format
 
 _HISTORY_FIELDS = (
     "slot_id",
@@ -64,6 +70,25 @@ _HISTORY_FIELDS = (
     "summary",
     "reason",
 )
+
+_HISTORY_CELLS = (
+    field_cell("slot", "slot_id"),
+    field_cell("agent", "agent_id"),
+    field_cell("state", "state", kind="word"),
+    field_cell("attempt", "attempt", kind="word", show="wide"),
+    field_cell("title", "title", show="wide"),
+    time_cell("changed", "updated_at"),
+    note_cell(),
+)
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(metavar="TIME", help="At or after: RFC 3339, or -2h/-7d relative to now."),
+]
+UntilOption = Annotated[
+    str | None, typer.Option(metavar="TIME", help="Before: RFC 3339, or -1h relative to now.")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON array (streamed).")]
 
 
 def _history_row(view: SlotView) -> dict[str, Any]:
@@ -84,56 +109,47 @@ def _history_row(view: SlotView) -> dict[str, Any]:
 
 def history(
     ctx: typer.Context,
-    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent.")] = None,
-    state: Annotated[SlotState | None, typer.Option(help="Only slots in this state.")] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(help="Changed at or after: RFC 3339, or -2h/-7d relative to now."),
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", metavar="ID", help="Only this agent.")
     ] = None,
-    until: Annotated[str | None, typer.Option(help="Changed before: RFC 3339 or -1h.")] = None,
-    limit: Annotated[
-        int, typer.Option(min=0, help="At most this many slots, newest first (0: all).")
-    ] = 50,
+    state: Annotated[SlotState | None, typer.Option(help="Only slots in this state.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: LimitOption = DEFAULT_LIMIT,
+    everything: AllOption = False,
     output: Annotated[
-        HistoryFormat, typer.Option("--format", "-f", help="table, json or csv.")
-    ] = HistoryFormat.table,
+        Format, typer.Option("--format", "-f", help="table, json, jsonl or csv.")
+    ] = Format.table,
+    as_json: JsonFlag = False,
+    as_jsonl: JsonLinesOption = False,
 ) -> None:
     """Slots from the journal database, newest change first (reads SQL; no daemon needed).
 
-    Example: calsched history --agent bob --since -1d --format csv
+    Shows the newest 50 unless told otherwise (--limit N, --all); says so when it
+    leaves slots out. Times filter on the slot's last change.
+
+    Example: calsched history --agent bob --since -1d --jsonl
     """
+    form = output_form(as_json, as_jsonl, output)
     since_at = parse_when(since, option="--since") if since else None
     until_at = parse_when(until, option="--until") if until else None
+    wanted = bound(limit, everything)
+    where: dict[str, Any] = {
+        "agent_id": agent,
+        "state": state,
+        "since": since_at,
+        "until": until_at,
+    }
     cfg = config_of(ctx)
     with open_journal(cfg) as journal:
-        views = journal.history(
-            agent_id=agent, state=state, since=since_at, until=until_at, limit=limit or None
-        )
-        hint = "" if views else _others_hint(journal)
-    rows = [_history_row(v) for v in views]
-    if output is HistoryFormat.json:
-        print_json(rows)
-    elif output is HistoryFormat.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=_HISTORY_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        table = new_table(
-            "slot", "agent", "state", "attempt", "title", "changed", "summary / reason"
-        )
-        for row in rows:
-            table.add_row(
-                row["slot_id"],
-                row["agent_id"],
-                row["state"],
-                str(row["attempt"]),
-                row["title"] or "",
-                short_time(row["updated_at"]),
-                row["summary"] or row["reason"] or "",
-            )
-        console().print(table)
-        if not rows:
-            typer.echo("no slots match" + hint, err=True)
+        with closing(journal.stream_history(**where, limit=wanted)) as views:
+            rows = (_history_row(v) for v in views)
+            shown = emit(rows, form, _HISTORY_CELLS, fields=_HISTORY_FIELDS)
+        if wanted is not None and shown == wanted:
+            note_shown(shown, journal.count_history(**where), "slots", which="the newest ")
+        hint = "" if shown else _others_hint(journal)
+    if not shown:
+        typer.echo("no slots match" + hint, err=True)
 
 
 def _event_row(event: Event) -> dict[str, Any]:
@@ -153,41 +169,62 @@ def _event_row(event: Event) -> dict[str, Any]:
     }
 
 
+_EVENT_CELLS = (
+    field_cell("seq", "seq", kind="word"),
+    time_cell("recorded", "recorded_at"),
+    field_cell("slot", "slot_id"),
+    field_cell("att", "attempt", kind="word", show="wide"),
+    field_cell("agent", "agent_id"),
+    field_cell("trigger", "kind", kind="word"),
+    field_cell("actor", "actor", kind="word", show="wide"),
+    Cell(
+        "from→to",
+        lambda row: f"{row['state_from'] or 'new'} → {row['state_to']}",
+        kind="word",
+        show="wide",
+    ),
+    field_cell("state", "state_to", kind="word", show="narrow"),
+    note_cell("note"),
+)
+
+
 def events(
     ctx: typer.Context,
-    slot: Annotated[str | None, typer.Option("--slot", "-s", help="Only this slot.")] = None,
-    limit: Annotated[int, typer.Option(min=0, help="At most this many events (0: all).")] = 0,
-    as_json: JsonOption = False,
+    slot: Annotated[
+        str | None, typer.Option("--slot", "-s", metavar="ID", help="Only this slot.")
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", metavar="ID", help="Only this agent.")
+    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: LimitOption = DEFAULT_LIMIT,
+    everything: AllOption = False,
+    as_json: JsonFlag = False,
+    as_jsonl: JsonLinesOption = False,
 ) -> None:
-    """The journal's events in order: one slot's, or every slot's.
+    """The journal's events in order: one slot's, one agent's, or every slot's.
 
-    Example: calsched events --slot s-18
+    Shows the last 50 (oldest first) unless told otherwise (--limit N, --all); says so
+    when it leaves events out. Times filter on when the event was recorded.
+
+    Example: calsched events --agent bob --since -1h
     """
+    form = output_form(as_json, as_jsonl)
+    where: dict[str, Any] = {
+        "agent_id": agent,
+        "since": parse_when(since, option="--since") if since else None,
+        "until": parse_when(until, option="--until") if until else None,
+    }
+    wanted = bound(limit, everything)
     cfg = config_of(ctx)
     with open_journal(cfg) as journal:
-        found = journal.events(slot, limit=limit or None)
-        hint = "" if found else _others_hint(journal)
-    rows = [_event_row(e) for e in found]
-    if as_json:
-        print_json(rows)
-        return
-    table = new_table(
-        "seq", "recorded", "slot", "att", "agent", "trigger", "actor", "from→to", "note"
-    )
-    for row in rows:
-        table.add_row(
-            str(row["seq"]),
-            short_time(row["recorded_at"]),
-            row["slot_id"],
-            str(row["attempt"]),
-            row["agent_id"],
-            row["kind"],
-            row["actor"],
-            f"{row['state_from'] or 'new'} → {row['state_to']}",
-            row["summary"] or row["reason"] or "",
-        )
-    console().print(table)
-    if not rows:
+        with closing(journal.stream_events(slot, **where, last=wanted)) as found:
+            shown = emit((_event_row(e) for e in found), form, _EVENT_CELLS)
+        if wanted is not None and shown == wanted:
+            note_shown(shown, journal.count_events(slot, **where), "events", which="the last ")
+        hint = "" if shown else _others_hint(journal)
+    if not shown:
         typer.echo("no events" + (f" for slot {slot!r}" if slot else "") + hint, err=True)
 
 
@@ -199,8 +236,11 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
     cfg = config_of(ctx)
     from calsched.journal.identifiers import journal_size
 
-    with open_journal(cfg) as journal:
-        mismatches = journal.verify()
+    with (
+        open_journal(cfg) as journal,
+        progress_bar("verifying events", journal.count_events, quiet=as_json) as advance,
+    ):
+        mismatches = journal.verify(advance)
         slot_count, event_count = journal_size(journal.engine, cfg.identifier)
         hint = "" if slot_count else _others_hint(journal)
     checked = f"checked {slot_count} slot(s) and {event_count} event(s) of {cfg.identifier!r}"
@@ -223,8 +263,15 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
             }
         )
     elif mismatches:
-        for mismatch in mismatches:
+        for mismatch in mismatches[:DEFAULT_LIMIT]:
             typer.echo(f"mismatch: {mismatch}")
+        note_shown(
+            min(len(mismatches), DEFAULT_LIMIT),
+            len(mismatches),
+            "mismatches",
+            which="the first ",
+            hint="`--json` lists them all",
+        )
     else:
         typer.echo(f"ok: the slots projection matches the events ({checked}){hint}")
     if mismatches:
@@ -258,8 +305,12 @@ def journal_rebuild(ctx: typer.Context) -> None:
     Example: calsched journal rebuild
     """
     cfg = config_of(ctx)
-    with open_journal(cfg) as journal, holding_lease(cfg, journal):
-        count = journal.rebuild()
+    with (
+        open_journal(cfg) as journal,
+        holding_lease(cfg, journal),
+        progress_bar("rebuilding from events", journal.count_events) as advance,
+    ):
+        count = journal.rebuild(advance)
     typer.echo(f"rebuilt the projection of {count} slot(s) from the events")
 
 

@@ -76,13 +76,35 @@ def make_engine(
         kwargs["pool_pre_ping"] = True
     try:
         engine = create_engine(parsed, **kwargs)
-    except Exception as exc:  # a missing driver, a bad option: one clear line
+    except ImportError as exc:  # the URL's driver is not installed: say which, and how
+        raise ConfigError(_missing_driver(parsed.get_backend_name(), exc)) from None
+    except Exception as exc:  # a bad option: one clear line
         raise ConfigError(f"cannot use the database URL: {type(exc).__name__}") from None
     if sqlite:
         _configure_sqlite(
             engine, synchronous, busy_timeout_ms, memory=parsed.database in (None, "", ":memory:")
         )
     return engine
+
+
+#: The extra of calsched that installs a database's driver, by SQLAlchemy backend name.
+DRIVER_EXTRAS = {"postgresql": "postgres"}
+
+
+def _missing_driver(backend: str, exc: ImportError) -> str:
+    """The one line for a URL whose driver module cannot be imported."""
+    module = (exc.name or "").split(".")[0] or "its driver"
+    extra = DRIVER_EXTRAS.get(backend)
+    if extra is None:
+        return f"the database URL needs the {backend} driver {module}, which is not installed"
+    install = f"pip install 'calsched[{extra}]'"
+    if module != "psycopg":
+        # calsched[postgres] installs psycopg 3: the URL must name it to use it.
+        return (
+            f"the database URL names the PostgreSQL driver {module}, which is not installed;"
+            f" calsched's is psycopg: {install} and write postgresql+psycopg://..."
+        )
+    return f"the database URL needs the PostgreSQL driver psycopg: {install}"
 
 
 def _configure_sqlite(

@@ -33,6 +33,7 @@ from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.lease import Fence
 from calsched.journal.outbox import OutboxLog
 from calsched.journal.preflight import check_sqlite_file
+from calsched.journal.queries import Progress, Queries, reported
 from calsched.journal.replay import (
     PLAIN_EVENT_COLUMNS,
     PLAIN_SLOT_COLUMNS,
@@ -81,7 +82,7 @@ Clock = Callable[[], datetime]
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 
 
-class Journal(OutboxLog):
+class Journal(OutboxLog, Queries):
     """The event log of one identifier (one host) in a SQL database.
 
     Synchronous and thread-safe per call; the scheduler calls it from one thread.
@@ -232,24 +233,11 @@ class Journal(OutboxLog):
         limit: int | None = None,
     ) -> list[SlotView]:
         """Slots, newest change first, filtered by agent, state and last-change window."""
-        where: list[Any] = []
-        if agent_id is not None:
-            where.append(slots.c.agent_id == agent_id)
-        if state is not None:
-            where.append(slots.c.state == state.value)
-        if since is not None:
-            where.append(slots.c.updated_at >= since)
-        if until is not None:
-            where.append(slots.c.updated_at < until)
-        stmt = (
-            select(slots)
-            .where(slots.c.identifier == self.identifier, *where)
-            .order_by(slots.c.last_seq.desc())
+        return list(
+            self.stream_history(
+                agent_id=agent_id, state=state, since=since, until=until, limit=limit
+            )
         )
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        with self._read() as conn:
-            return [view_from_row(row) for row in conn.execute(stmt).mappings()]
 
     def events(
         self, slot_id: str | None = None, *, after_seq: int = 0, limit: int | None = None
@@ -265,6 +253,7 @@ class Journal(OutboxLog):
         slot_id: str | None = None,
         after_seq: int = 0,
         limit: int | None = None,
+        progress: Progress | None = None,
     ) -> Iterator[Event]:
         stmt = select(events).where(
             events.c.identifier == self.identifier, events.c.seq > after_seq
@@ -274,7 +263,8 @@ class Journal(OutboxLog):
         stmt = stmt.order_by(events.c.seq)
         if limit is not None:
             stmt = stmt.limit(limit)
-        for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+        rows = reported(conn.execute(stmt.execution_options(yield_per=1000)).mappings(), progress)
+        for row in rows:
             yield event_from_row(row)
 
     def settled_at(self, views: Iterable[SlotView]) -> dict[str, datetime | None]:
@@ -311,18 +301,20 @@ class Journal(OutboxLog):
 
     # -- replay -------------------------------------------------------------------------
 
-    def verify(self) -> list[Mismatch]:
+    def verify(self, progress: Progress | None = None) -> list[Mismatch]:
         """Every slot whose stored projection differs from the fold of its events.
 
         Streams plain rows (driver values, nothing parsed but each ``receive``'s slot) and
         compares plain values; only slots that differ are read again as typed views, so
         the report names typed values while a clean journal costs about one raw read.
+        ``progress`` is called with the number of events read since its last call.
         """
         mine = events.c.identifier == self.identifier
         event_rows = select(*PLAIN_EVENT_COLUMNS).where(mine).order_by(events.c.seq)
         slot_rows = select(*PLAIN_SLOT_COLUMNS).where(slots.c.identifier == self.identifier)
         with self._read() as conn:
-            folded = fold_rows(conn.execute(event_rows.execution_options(yield_per=2000)))
+            read = conn.execute(event_rows.execution_options(yield_per=2000))
+            folded = fold_rows(reported(read, progress))
             stale = drifted(conn.execute(slot_rows.execution_options(yield_per=2000)), folded)
             del folded  # the typed re-read below needs only the few stale slots
             return self._mismatches(conn, sorted(stale))
@@ -342,10 +334,13 @@ class Journal(OutboxLog):
             folded.update(fold(event_from_row(row) for row in conn.execute(stmt).mappings()))
         return diff(stored, folded)
 
-    def rebuild(self) -> int:
-        """Recompute the projection from the events; return the number of slots."""
+    def rebuild(self, progress: Progress | None = None) -> int:
+        """Recompute the projection from the events; return the number of slots.
+
+        ``progress`` is called with the number of events read since its last call.
+        """
         with self._write() as conn:
-            folded = fold(self._iter_events(conn))
+            folded = fold(self._iter_events(conn, progress=progress))
             conn.execute(delete(slots).where(slots.c.identifier == self.identifier))
             rows = [
                 {"identifier": v.identifier, "slot_id": v.slot_id, **view_values(v)}

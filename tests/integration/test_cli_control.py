@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,3 +313,30 @@ async def test_token_refuses_a_second_secret_while_a_daemon_runs(
     assert not elsewhere.exists()
     monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
     assert (await cli("token", "--agent", "bob")).stdout.strip() == agent_token(control, "bob")
+
+
+async def test_status_tables_fit_80_columns_and_bound_the_active_list(
+    control: bytes, tools: RecordingTools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns every status line fits with its timestamps whole; past 50 active
+    slots the table stops with a note, and --json still has them all."""
+    data = tools.status().to_wire()
+    data["active"] = [
+        SlotEntry.from_view(
+            view(f"s-5f3a9c1e{index:04d}", f"agent-with-a-long-name-{index}")
+        ).to_wire()
+        for index in range(60)
+    ]
+    monkeypatch.setattr(tools, "status", lambda: parse(SchedulerStatus, data))
+    monkeypatch.setenv("COLUMNS", "80")
+    result = await cli("status")
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    tables = "\n".join(lines[[line.strip() for line in lines].index("active") :])
+    stamps = re.findall(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tables)
+    assert len(stamps) == 50 * 2 + 1  # started and last change of 50, resolved of one
+    assert "…" not in result.stdout
+    assert result.stderr == (
+        "showing the first 50 of 60 active slots (`calsched status --json` has them all)\n"
+    )
+    assert len(json.loads((await cli("status", "--json")).stdout)["active"]) == 60

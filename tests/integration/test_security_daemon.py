@@ -285,8 +285,8 @@ async def test_the_canary_api_key_never_leaks(rig: Rig) -> None:
         await _until(daemon, "every final receipt", receipts_done)
         assert rig.faults.pending() == [], "both 401s were served"
         answers.append(await daemon.cli("status", "--json"))
-        answers.append(await daemon.cli("history", "--format", "json"))
-        answers.append(await daemon.cli("events", "--json"))
+        answers.append(await daemon.cli("history", "--all", "--format", "json"))
+        answers.append(await daemon.cli("events", "--all", "--json"))
         # A second daemon on the same journal fails on the lease: its error text.
         await daemon.cli("run", "--log-level", "debug", code=1)
         assert "error:" in daemon.outputs[-1], daemon.outputs[-1]

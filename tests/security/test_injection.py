@@ -103,7 +103,7 @@ def test_injection_strings_match_the_python_oracle(filled: Journal) -> None:
     """Every injection string in --agent (history) and --slot (events): exactly the rows a
     Python filter over the whole journal gives, and the journal unchanged after."""
     all_slots = _json("history", "--limit", "0", "--format", "json")
-    all_events = _json("events", "--json")
+    all_events = _json("events", "--all", "--json")
     assert len(all_slots) == 2 * len(AGENTS)
     tried = 0
     for value in INJECTIONS + AGENTS:
@@ -116,7 +116,7 @@ def test_injection_strings_match_the_python_oracle(filled: Journal) -> None:
         tried += 1
     # Nothing was dropped or added by any of them.
     assert _json("history", "--limit", "0", "--format", "json") == all_slots
-    assert _json("events", "--json") == all_events
+    assert _json("events", "--all", "--json") == all_events
     print(f"\ninjection strings tried {tried} on --agent and --slot: 0 extra rows")
 
 
