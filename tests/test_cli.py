@@ -59,6 +59,7 @@ COMMANDS: list[tuple[str, ...]] = [
     ("backend",),
     ("backend", "serve"),
     ("demo",),  # calsched.demo's; its own tests run it
+    ("state",),
 ]
 
 
