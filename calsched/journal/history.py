@@ -6,9 +6,9 @@ the events recorded at or before ``at`` with :func:`calsched.journal.replay.proj
 same rule the projection and the scheduler's live view are built by, so the answer is
 the live view the scheduler held at that moment.
 
-Two passes keep it cheap on a long journal: the first streams three plain columns of
-every event up to ``at`` and keeps each slot's latest state (no object per event); the
-second folds, as typed events, only the slots still live at ``at``.
+Two steps keep it cheap on a long journal: one grouped query finds each slot's last
+event up to ``at`` and keeps the slots it left live (no row per event reaches Python);
+then only those slots' events are folded, as typed events.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, Engine, select
+from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from calsched.journal.engine import reading
 from calsched.journal.replay import fold
@@ -26,7 +26,7 @@ from calsched.model import TERMINAL_STATES, SlotView
 
 __all__ = ["state_at"]
 
-_ENDED = frozenset(s.value for s in TERMINAL_STATES)
+_ENDED = sorted(s.value for s in TERMINAL_STATES)
 #: Slot ids per IN list: within every driver's parameter limit.
 _CHUNK = 500
 
@@ -43,15 +43,25 @@ def state_at(
     what is left.
     """
     upto = (events.c.identifier == identifier, events.c.recorded_at <= at)
-    latest: dict[str, str] = {}
+    # Each slot's last event up to ``at``, found in SQL (one grouped pass, no row per
+    # event in Python); the slots it did not end are the ones to fold.
+    last = (
+        select(events.c.slot_id, func.max(events.c.seq).label("seq"))
+        .where(*upto)
+        .group_by(events.c.slot_id)
+        .subquery()
+    )
+    live_ids = (
+        select(events.c.slot_id)
+        .join(last, events.c.seq == last.c.seq)
+        .where(events.c.state_to.not_in(_ENDED))
+    )
+    if agent_id is not None:  # every event of a slot carries its agent
+        live_ids = live_ids.where(events.c.agent_id == agent_id)
     with reading(engine, "journal") as conn:
-        scan = select(events.c.slot_id, events.c.state_to).where(*upto).order_by(events.c.seq)
-        for slot_id, state_to in conn.execute(scan.execution_options(yield_per=2000)):
-            latest[slot_id] = state_to
-        live = sorted(slot_id for slot_id, state in latest.items() if state not in _ENDED)
+        live = sorted(conn.execute(live_ids).scalars())
         views = _fold_slots(conn, live, upto)
-    found = [v for v in views if agent_id is None or v.agent_id == agent_id]
-    return sorted(found, key=lambda v: (v.received_at, v.slot_id))
+    return sorted(views, key=lambda v: (v.received_at, v.slot_id))
 
 
 def _fold_slots(
