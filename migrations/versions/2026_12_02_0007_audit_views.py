@@ -15,7 +15,7 @@ Every time is text, ISO 8601 in UTC with a ``Z`` and milliseconds (truncated), t
 SQLite (which stores naive UTC text) and PostgreSQL (``timestamptz``):
 ``2026-12-02T07:54:16.123Z``; such strings sort as the times do. Durations are seconds,
 as floating-point numbers. The two dialects differ only in how a time is formatted and
-how two times are subtracted (:func:`_iso`, :func:`_seconds`); the rest is one text.
+how a time becomes microseconds (:func:`_iso`, :func:`_micros`); the rest is one text.
 
 Revision ID: 0007
 Revises: 0004
@@ -51,97 +51,91 @@ def _iso(dialect: str, column: str) -> str:
     )
 
 
-def _seconds(dialect: str, start: str, end: str) -> str:
-    """``end - start`` in seconds, to the microsecond, as a float (NULL if either is)."""
+def _micros(dialect: str, column: str) -> str:
+    """``column`` (a stored time, or NULL) as whole microseconds since 1970, exactly."""
     if dialect == "postgresql":
-        return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
-
-    # Whole seconds exactly by strftime('%s'); the microseconds from the text, since
-    # SQLite's own date arithmetic keeps only milliseconds.
-    def micros(column: str) -> str:
-        return f"CAST(substr(substr({column}, 21) || '000000', 1, 6) AS INTEGER)"
-
+        return f"CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT)"
+    # Whole seconds by strftime('%s'), the microseconds cut from the text: SQLite's own
+    # date arithmetic keeps only milliseconds.
     return (
-        f"((CAST(strftime('%s', {end}) AS INTEGER) - CAST(strftime('%s', {start}) AS INTEGER))"
-        f" + ({micros(end)} - {micros(start)}) / 1000000.0)"
+        f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
+        f" + CAST(substr(substr({column}, 21) || '000000', 1, 6) AS INTEGER))"
     )
 
 
-def _rounded(dialect: str, seconds: str) -> str:
-    """A sum of durations to the microsecond (adding floats leaves ...999998 tails)."""
+def _seconds(dialect: str, micros: str) -> str:
+    """A number of microseconds (an integer expression) as seconds, a float."""
     if dialect == "postgresql":
-        return f"CAST(ROUND(CAST({seconds} AS NUMERIC), 6) AS DOUBLE PRECISION)"
-    return f"ROUND({seconds}, 6)"
+        return f"(CAST({micros} AS DOUBLE PRECISION) / 1000000)"
+    return f"(({micros}) / 1000000.0)"
+
+
+# Durations are differences of whole microseconds (each time parsed once per row) and
+# sums of them, turned into seconds last: exact, and cheap on a million events.
 
 
 def _timeline(dialect: str) -> str:
-    iso, seconds = partial(_iso, dialect), partial(_seconds, dialect)
+    iso, micros = partial(_iso, dialect), partial(_micros, dialect)
     return f"""
 CREATE VIEW slot_timeline AS
 SELECT seq, event_id, {iso("recorded_at")} AS recorded_at, identifier, slot_id, attempt,
        agent_id, kind, actor, state_from, state_to, summary, reason,
-       {seconds("previous_at", "recorded_at")} AS in_state_from_s
+       {_seconds(dialect, "at_us - previous_us")} AS in_state_from_s
 FROM (
     SELECT seq, event_id, recorded_at, identifier, slot_id, attempt, agent_id, kind, actor,
-           state_from, state_to, summary, reason,
-           LAG(recorded_at) OVER (PARTITION BY identifier, slot_id ORDER BY seq) AS previous_at
+           state_from, state_to, summary, reason, {micros("recorded_at")} AS at_us,
+           LAG({micros("recorded_at")}) OVER (PARTITION BY identifier, slot_id ORDER BY seq)
+               AS previous_us
     FROM events
 ) timed
 """  # noqa: S608 (DDL from this file's constants; no input reaches it)
 
 
 def _history(dialect: str) -> str:
-    iso, seconds = partial(_iso, dialect), partial(_seconds, dialect)
+    iso, micros = partial(_iso, dialect), partial(_micros, dialect)
 
-    def time_in(state: str) -> str:
-        return _rounded(
-            dialect, f"COALESCE(SUM(CASE WHEN state_from = '{state}' THEN in_state_s END), 0)"
-        )
-
-    total = _rounded(
-        dialect,
-        "COALESCE(SUM(CASE WHEN state_from IN ('pending', 'dispatching', 'in_progress', "
-        "'paused') THEN in_state_s END), 0)",
-    )
+    def time_in(states: str) -> str:
+        spent = f"SUM(CASE WHEN state_from IN ({states}) THEN at_us - previous_us END)"
+        return _seconds(dialect, f"COALESCE({spent}, 0)")
 
     ended = "MAX(CASE WHEN state_to IN ('completed', 'aborted') THEN recorded_at END)"
+    live = "'pending', 'dispatching', 'in_progress', 'paused'"
     return f"""
 CREATE VIEW slot_history AS
 SELECT identifier, slot_id, attempt,
-       MAX(CASE WHEN newest = 1 THEN agent_id END) AS agent_id,
-       MAX(CASE WHEN newest = 1 THEN state_to END) AS state,
+       MAX(CASE WHEN last_of_attempt = 1 THEN agent_id END) AS agent_id,
+       MAX(CASE WHEN last_of_attempt = 1 THEN state_to END) AS state,
        {iso("MIN(CASE WHEN kind = 'receive' THEN recorded_at END)")} AS received_at,
        {iso("MIN(CASE WHEN kind = 'woke' THEN recorded_at END)")} AS started_at,
        {iso(ended)} AS ended_at,
        {iso("MAX(recorded_at)")} AS updated_at,
-       MAX(CASE WHEN newest = 1 THEN summary END) AS summary,
-       MAX(CASE WHEN newest = 1 THEN reason END) AS reason,
+       MAX(CASE WHEN last_of_attempt = 1 THEN summary END) AS summary,
+       MAX(CASE WHEN last_of_attempt = 1 THEN reason END) AS reason,
        COUNT(*) AS events,
        SUM(CASE WHEN kind = 'dispatch' THEN 1 ELSE 0 END) AS dispatches,
-       {time_in("pending")} AS pending_s,
-       {time_in("dispatching")} AS dispatching_s,
-       {time_in("in_progress")} AS in_progress_s,
-       {time_in("paused")} AS paused_s,
-       CASE WHEN {ended} IS NOT NULL THEN {total} END AS total_s
+       {time_in("'pending'")} AS pending_s,
+       {time_in("'dispatching'")} AS dispatching_s,
+       {time_in("'in_progress'")} AS in_progress_s,
+       {time_in("'paused'")} AS paused_s,
+       CASE WHEN {ended} IS NOT NULL THEN {time_in(live)} END AS total_s
 FROM (
     SELECT recorded_at, identifier, slot_id, attempt, agent_id, kind, state_from, state_to,
-           summary, reason, newest, {seconds("previous_at", "recorded_at")} AS in_state_s
-    FROM (
-        SELECT recorded_at, identifier, slot_id, attempt, agent_id, kind, state_from,
-               state_to, summary, reason,
-               LAG(recorded_at) OVER (PARTITION BY identifier, slot_id ORDER BY seq)
-                   AS previous_at,
-               ROW_NUMBER() OVER (PARTITION BY identifier, slot_id, attempt ORDER BY seq DESC)
-                   AS newest
-        FROM events
-    ) lagged
+           summary, reason, {micros("recorded_at")} AS at_us,
+           LAG({micros("recorded_at")}) OVER slot_order AS previous_us,
+           -- One window for both: an attempt's last event is the one the next event of
+           -- its slot (if any) does not share the attempt with.
+           CASE WHEN LEAD(attempt) OVER slot_order = attempt THEN 0 ELSE 1 END
+               AS last_of_attempt
+    FROM events
+    WINDOW slot_order AS (PARTITION BY identifier, slot_id ORDER BY seq)
 ) timed
 GROUP BY identifier, slot_id, attempt
 """  # noqa: S608 (DDL from this file's constants; no input reaches it)
 
 
 def _outbox(dialect: str) -> str:
-    iso, seconds = partial(_iso, dialect), partial(_seconds, dialect)
+    iso, micros = partial(_iso, dialect), partial(_micros, dialect)
+    delivery = _seconds(dialect, f"{micros('o.delivered_at')} - {micros('o.occurred_at')}")
     return f"""
 CREATE VIEW outbox_status AS
 SELECT o.id, o.identifier, o.slot_id, o.attempt, e.agent_id, o.status, o.event_seq,
@@ -151,7 +145,7 @@ SELECT o.id, o.identifier, o.slot_id, o.attempt, e.agent_id, o.status, o.event_s
             ELSE 'pending' END AS fate,
        o.tries, {iso("o.occurred_at")} AS occurred_at, {iso("o.next_try_at")} AS next_try_at,
        {iso("o.delivered_at")} AS delivered_at, {iso("o.dead_at")} AS dead_at,
-       {seconds("o.occurred_at", "o.delivered_at")} AS delivery_s,
+       {delivery} AS delivery_s,
        o.last_error, o.summary, o.reason
 FROM outbox o
 LEFT JOIN events e ON e.seq = o.event_seq
