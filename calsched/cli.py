@@ -306,3 +306,6 @@ def main() -> None:
 from calsched.demo import demo_command  # noqa: E402
 
 register("demo", demo_command)
+from calsched.commands.state import state_command  # noqa: E402
+
+register("state", state_command)

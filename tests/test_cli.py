@@ -65,6 +65,7 @@ COMMANDS: list[tuple[str, ...]] = [
     ("outbox", "discard"),
     ("doctor",),
     ("demo",),  # calsched.demo's; its own tests run it
+    ("state",),
 ]
 
 

@@ -398,7 +398,7 @@ def demo_journal(sqlite_url: str) -> Iterator[Journal]:
 def test_history_and_counts_come_from_sql(
     demo_journal: Journal, drive: Callable[..., SlotView]
 ) -> None:
-    """slot_history rows in seq order, the slots ended, and the outbox rows by fate."""
+    """slot_timeline rows in seq order, the slots ended, and the outbox rows by fate."""
     drive(demo_journal, "s-01", SlotState.completed, agent_id="alice")
     drive(demo_journal, "s-02", SlotState.paused, agent_id="bob")
     rows = read_history(demo_journal.engine)

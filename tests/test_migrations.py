@@ -33,7 +33,7 @@ OUR_TABLES = {
     "calendar_slots",
     "calendar_receipts",
 }
-OUR_VIEWS = {"slot_history", "active_slots"}
+OUR_VIEWS = {"slot_timeline", "slot_history", "outbox_status", "active_slots"}
 Drive = Callable[..., SlotView]
 
 
@@ -192,18 +192,23 @@ def test_metadata_matches_migrated_schema(engine: Engine) -> None:
 
 
 def test_views_exist_and_answer(journal: Journal, drive: Drive) -> None:
-    """slot_history lists every event; active_slots only live slots."""
+    """slot_timeline lists every event; slot_history every attempt; active_slots only
+    live slots (tests/test_audit_views.py checks what each column says)."""
     drive(journal, "s1", SlotState.paused)
     drive(journal, "s2", SlotState.completed, agent_id="agent-2")
     with journal.engine.connect() as conn:
         assert set(inspect(conn).get_view_names()) >= OUR_VIEWS
         history = conn.execute(
-            text("SELECT slot_id, kind, state_to FROM slot_history ORDER BY seq")
+            text("SELECT slot_id, kind, state_to FROM slot_timeline ORDER BY seq")
+        ).all()
+        attempts = conn.execute(
+            text("SELECT slot_id, attempt, state FROM slot_history ORDER BY slot_id")
         ).all()
         active = conn.execute(text("SELECT slot_id, state, attempt FROM active_slots")).all()
     assert [tuple(r) for r in history] == [
         (e.slot_id, e.kind.value, e.state_to.value) for e in journal.events()
     ]
+    assert [tuple(r) for r in attempts] == [("s1", 1, "paused"), ("s2", 1, "completed")]
     assert [tuple(r) for r in active] == [("s1", "paused", 1)]
 
 

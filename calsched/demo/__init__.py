@@ -14,7 +14,7 @@ What happens, in order (``docs/demo.md`` walks through it with real output):
    started again; the active slots of ``/v1/status`` before and after are printed and
    compared (:func:`calsched.demo.run.run_demo`).
 5. Once every slot has ended and the backend acknowledged every change, the daemon is
-   stopped with SIGTERM and the history is printed from the ``slot_history`` SQL view
+   stopped with SIGTERM and the history is printed from the ``slot_timeline`` SQL view
    (:mod:`calsched.demo.report`).
 
 Everything stays on 127.0.0.1. :class:`DemoError` (status 1 from the CLI) says why the

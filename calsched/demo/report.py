@@ -1,6 +1,6 @@
 """What the demo shows: the journal read back in SQL, the crash check, and the screen.
 
-The history is read from the ``slot_history`` view, as an auditor would (SQLAlchemy Core,
+The history is read from the ``slot_timeline`` view, as an auditor would (SQLAlchemy Core,
 no ORM, no calsched internals). :class:`DemoView` is either a rich live view (active
 slots from ``/v1/status``, the latest journal rows) or plain lines for pipes and tests.
 """
@@ -22,7 +22,7 @@ from rich.text import Text
 from sqlalchemy import Engine, column, func, select, table
 
 from calsched.demo.scenario import IDENTIFIER
-from calsched.journal.schema import UTCDateTime, outbox, slots
+from calsched.journal.schema import outbox, slots
 
 __all__ = [
     "DemoResult",
@@ -41,9 +41,10 @@ __all__ = [
 ]
 
 _history_view = table(
-    "slot_history",
+    "slot_timeline",
     column("seq"),
-    column("recorded_at", UTCDateTime()),
+    # ISO 8601 text with a Z on every database (the view formats it).
+    column("recorded_at"),
     column("identifier"),
     column("slot_id"),
     column("attempt"),
@@ -59,7 +60,7 @@ _history_view = table(
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
-    """One row of the ``slot_history`` view."""
+    """One row of the ``slot_timeline`` view."""
 
     seq: int
     recorded_at: datetime
@@ -85,7 +86,7 @@ class HistoryRow:
 
 
 def read_history(engine: Engine, after_seq: int = 0) -> list[HistoryRow]:
-    """The demo identifier's ``slot_history`` rows with ``seq > after_seq``, in order."""
+    """The demo identifier's ``slot_timeline`` rows with ``seq > after_seq``, in order."""
     v = _history_view.c
     query = (
         select(_history_view).where(v.identifier == IDENTIFIER, v.seq > after_seq).order_by(v.seq)
@@ -94,7 +95,7 @@ def read_history(engine: Engine, after_seq: int = 0) -> list[HistoryRow]:
         return [
             HistoryRow(
                 seq=row.seq,
-                recorded_at=row.recorded_at,
+                recorded_at=datetime.fromisoformat(row.recorded_at),
                 slot_id=row.slot_id,
                 attempt=row.attempt,
                 agent_id=row.agent_id,
@@ -253,7 +254,7 @@ _HISTORY_COLUMNS: tuple[tuple[str, _Justify], ...] = (
 def history_table(rows: Sequence[HistoryRow], t0: datetime, marks: Sequence[Mark] = ()) -> Table:
     """The rows as a rich table, times since ``t0``, the demo's marks in time order."""
     out = Table(
-        title="slot history (SELECT * FROM slot_history ORDER BY seq)", title_justify="left"
+        title="slot history (SELECT * FROM slot_timeline ORDER BY seq)", title_justify="left"
     )
     for name, justify in _HISTORY_COLUMNS:
         out.add_column(name, justify=justify, overflow="fold")
@@ -379,7 +380,7 @@ class DemoView:
                 str(entry["attempt"]),
                 since,
             )
-        recent = Table(title="journal (slot_history)", title_justify="left", expand=True)
+        recent = Table(title="journal (slot_timeline)", title_justify="left", expand=True)
         for name in ("seq", "time", "slot", "agent", "kind", "actor", "from -> to"):
             recent.add_column(name)
         for row in self.recent:

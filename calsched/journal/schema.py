@@ -15,6 +15,10 @@ Tables:
   row retried or discarded), by whom and why (:mod:`calsched.journal.dead_letters`).
 - ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
   backend serves, kept in the same database so a quickstart needs one file.
+
+The auditors' views (``slot_timeline``, ``slot_history``, ``outbox_status``,
+``active_slots``) are SQL text in one place only, the migration that creates them
+(``migrations/versions/*_0007_audit_views.py``); ``docs/audit.md`` describes them.
 """
 
 from __future__ import annotations
@@ -44,9 +48,7 @@ from sqlalchemy.types import TypeDecorator
 from calsched.model import MAX_ID_CHARS
 
 __all__ = [
-    "ACTIVE_SLOTS_VIEW",
     "NAMING_CONVENTION",
-    "SLOT_HISTORY_VIEW",
     "UTCDateTime",
     "calendar_receipts",
     "calendar_slots",
@@ -268,19 +270,3 @@ calendar_receipts = Table(
     Column("body", JSON, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
 )
-
-#: Every fired trigger in order, without the JSON payload: the auditor's main table.
-SLOT_HISTORY_VIEW = """
-CREATE VIEW slot_history AS
-SELECT seq, recorded_at, identifier, slot_id, attempt, agent_id, kind, actor,
-       state_from, state_to, summary, reason
-FROM events
-"""
-
-#: Slots not yet completed or aborted, with their agent and timestamps.
-ACTIVE_SLOTS_VIEW = """
-CREATE VIEW active_slots AS
-SELECT identifier, slot_id, agent_id, state, attempt, received_at, started_at, updated_at
-FROM slots
-WHERE state NOT IN ('completed', 'aborted')
-"""

@@ -78,7 +78,7 @@ def test_the_active_slots_came_back(demo_run: DemoRun) -> None:
 def test_the_history_is_printed_from_sql(demo_run: DemoRun) -> None:
     """The final table has every slot's terminal event, the marks, and the summary line."""
     out = demo_run.stdout
-    table_at = out.index("slot history (SELECT * FROM slot_history ORDER BY seq)")
+    table_at = out.index("slot history (SELECT * FROM slot_timeline ORDER BY seq)")
     table = out[table_at:]
     for s in DEMO_SLOTS:
         assert re.search(rf"{s.slot_id} .*in_progress -> (completed|aborted)", table), s.slot_id

@@ -276,7 +276,7 @@ async def test_daemon_backend_and_cli_tools_end_to_end(
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT kind, actor FROM slot_history WHERE slot_id = :s ORDER BY seq"),
+                text("SELECT kind, actor FROM slot_timeline WHERE slot_id = :s ORDER BY seq"),
                 {"s": SLOT},
             ).all()
     finally:

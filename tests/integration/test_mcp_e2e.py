@@ -86,7 +86,7 @@ def _events(st: Stack, slot_id: str) -> list[tuple[str, str]]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT kind, actor FROM slot_history WHERE slot_id = :s ORDER BY seq"),
+                text("SELECT kind, actor FROM slot_timeline WHERE slot_id = :s ORDER BY seq"),
                 {"s": slot_id},
             ).all()
     finally:
