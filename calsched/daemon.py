@@ -108,6 +108,8 @@ class NoHost:
     """
 
     CAUSE = "no host adapter is configured (set host.adapter to webhook or command)"
+    #: Where wakes go, for log lines.
+    target = "none"
 
     async def wake_agent(self, request: WakeRequest) -> None:
         """Refuse the wake: there is no one to give it to."""

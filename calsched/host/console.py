@@ -65,6 +65,9 @@ class ConsoleHost:
         #: scheduler exists (the host is built first).
         self.agents: Callable[[], Iterable[str]] = agents or (lambda: ())
 
+    #: Where wakes go, for log lines.
+    target = "console"
+
     async def wake_agent(self, request: WakeRequest) -> None:
         """Print the wake and the command that completes it; log it on one line."""
         command = complete_command(request, self.cli)
