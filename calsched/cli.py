@@ -268,9 +268,16 @@ def run(
         log_level=log_level,
     )
     configure_logging(json_format=cfg.log_json, level=cfg.log_level)
-    code = run_daemon(cfg, exit_on_restart=exit_on_restart, standby=standby)
+    code = run_daemon(cfg, exit_on_restart=exit_on_restart, standby=standby, cli=_cli_prefix(ctx))
     if code:
         raise typer.Exit(code)
+
+
+def _cli_prefix(ctx: typer.Context) -> list[str]:
+    """How a command reaches this daemon: ``calsched`` with the same ``--config``."""
+    state = ctx.find_root().obj
+    path = state.config_path if isinstance(state, CliState) else None
+    return ["calsched", "--config", str(path)] if path is not None else ["calsched"]
 
 
 # -- the other commands ------------------------------------------------------------------

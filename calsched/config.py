@@ -128,6 +128,8 @@ class ControlConfig(BaseModel):
 class HostAdapter(enum.StrEnum):
     """How the daemon wakes agents."""
 
+    #: The default: print each wake and the command that completes it (a person acts).
+    console = "console"
     #: No host: every wake fails with a cause saying so (the slot is aborted, not lost).
     none = "none"
     #: ``POST wake_url`` (protocol section 3).
@@ -141,7 +143,7 @@ class HostConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    adapter: HostAdapter = HostAdapter.none
+    adapter: HostAdapter = HostAdapter.console
     wake_url: AnyHttpUrl | None = None
     agents_url: AnyHttpUrl | None = None
     #: Bearer token for the webhook host; from ``CALSCHED_HOST__TOKEN`` only.

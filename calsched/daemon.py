@@ -7,10 +7,17 @@
   no ``backend_url``, the embedded calendar behind the reference backend's ASGI app,
   reached through :class:`httpx.ASGITransport` with a random per-process key, so the
   daemon speaks the real protocol (auth, JSON, status codes) without opening a port,
-- the host (:class:`~calsched.host.WebhookHost`, :class:`~calsched.host.CommandHost`, or
-  :class:`NoHost`, which fails every wake with a cause saying no host is configured),
+- the host (:class:`~calsched.host.WebhookHost`, :class:`~calsched.host.CommandHost`,
+  :class:`~calsched.host.ConsoleHost`, the default, which prints each wake and the command
+  that completes it, or :class:`NoHost`, which fails every wake with a cause saying no
+  host is configured),
 - the :class:`~calsched.scheduler.Scheduler` and the control API on the configured
   loopback address.
+
+With the embedded calendar, a watcher asks the calendar every :data:`DUE_POLL_S` whether a
+slot is due (one indexed query, ``LIMIT 1``, whatever the number of slots) and nudges the
+heartbeat when one is, so a slot added for now fires within about a second rather than at
+the next ``heartbeat_interval_s``.
 
 Before any of the scheduler runs, the daemon takes its identifier's lease
 (:mod:`calsched.journal.lease`): a live holder elsewhere makes ``run`` exit 1 with one line
@@ -35,7 +42,7 @@ import errno
 import secrets
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
     from calsched.scheduler import Scheduler
 
 __all__ = [
+    "DUE_POLL_S",
     "EXIT_LEASE_LOST",
     "EXIT_RESTART",
     "NoHost",
@@ -83,6 +91,9 @@ EXIT_LEASE_LOST = 1
 #: What :func:`_serve` returns after stepping down, told apart from an ordinary status 1.
 _LOST = -1
 
+#: How often the daemon asks the embedded calendar whether a slot is due (seconds).
+DUE_POLL_S = 1.0
+
 #: The base URL the in-process backend is addressed by; no request leaves the process.
 _EMBEDDED_URL = "http://embedded-calendar.invalid"
 
@@ -98,6 +109,8 @@ class NoHost:
     """
 
     CAUSE = "no host adapter is configured (set host.adapter to webhook or command)"
+    #: Where wakes go, for log lines.
+    target = "none"
 
     async def wake_agent(self, request: WakeRequest) -> None:
         """Refuse the wake: there is no one to give it to."""
@@ -133,8 +146,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_host(cfg: Config) -> Host:
-    """The host adapter the configuration names."""
+def build_host(cfg: Config, *, cli: Sequence[str] = ("calsched",)) -> Host:
+    """The host adapter the configuration names (``cli``: how the console host's printed
+    commands reach this daemon)."""
     host = cfg.host
     # No deadline for the adapters: the scheduler bounds each wake by wake_timeout_s.
     if host.adapter is HostAdapter.webhook:
@@ -152,6 +166,10 @@ def build_host(cfg: Config) -> Host:
 
         assert host.command  # the config's own rule
         return CommandHost(host.command, list_argv=host.agents_command)
+    if host.adapter is HostAdapter.console:
+        from calsched.host import ConsoleHost
+
+        return ConsoleHost(cli=cli)
     return NoHost()
 
 
@@ -208,12 +226,19 @@ def _allowed_hosts(control: ControlConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*DEFAULT_ALLOWED_HOSTS, name)))
 
 
-def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = False) -> int:
+def run_daemon(
+    cfg: Config,
+    *,
+    exit_on_restart: bool = False,
+    standby: bool = False,
+    cli: Sequence[str] = ("calsched",),
+) -> int:
     """Run until SIGTERM/SIGINT (status 0), a restart request with ``exit_on_restart``
     (status :data:`EXIT_RESTART`) or a lost lease (status :data:`EXIT_LEASE_LOST`; with
     ``standby``, back to waiting). Start-up problems raise a
     :class:`~calsched.errors.CalschedError` before anything runs; a live holder of the
-    identifier is a :class:`~calsched.errors.LeaseHeldError` unless ``standby``.
+    identifier is a :class:`~calsched.errors.LeaseHeldError` unless ``standby``. ``cli``
+    is the command line the console host's printed commands start with.
     """
     with hidden_modules("rich", "pygments"):
         # httpx loads its command-line client (rich, pygments) when they are installed;
@@ -226,7 +251,7 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = Fa
     while True:
         try:
             code = asyncio.run(
-                _serve(cfg, notifier, exit_on_restart=exit_on_restart, standby=standby)
+                _serve(cfg, notifier, exit_on_restart=exit_on_restart, standby=standby, cli=cli)
             )
         except LeaseLostError:  # lost while starting (a recovery write refused)
             code = _LOST
@@ -238,7 +263,9 @@ def run_daemon(cfg: Config, *, exit_on_restart: bool = False, standby: bool = Fa
         notifier.status(f"standing by for identifier {cfg.identifier}")
 
 
-async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, standby: bool) -> int:
+async def _serve(
+    cfg: Config, notifier: Notifier, *, exit_on_restart: bool, standby: bool, cli: Sequence[str]
+) -> int:
     from calsched.control import create_control_app, serve_control
     from calsched.failpoints import Failpoint, failpoint_from_env
     from calsched.journal import Journal
@@ -253,7 +280,7 @@ async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, stan
         failpoint = failpoint_from_env()  # a test seam; a no-op unless CALSCHED_FAILPOINT
         if isinstance(failpoint, Failpoint):
             log.warning("failpoints armed: this process will SIGKILL itself", **failpoint.armed)
-        host = build_host(cfg)
+        host = build_host(cfg, cli=cli)
         closer = getattr(host, "aclose", None)
         if closer is not None:
             stack.push_async_callback(closer)
@@ -310,6 +337,12 @@ async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, stan
             failpoint=failpoint,
             tracing=tracing,
         )
+        _report_known_agents(host, scheduler)
+        if cfg.backend_url is None:
+            watching = asyncio.create_task(
+                _nudge_when_due(scheduler, journal.engine), name="calsched-due"
+            )
+            stack.push_async_callback(_cancelled, watching)
         app = create_control_app(
             scheduler,
             secret=secret,
@@ -346,6 +379,51 @@ async def _serve(cfg: Config, notifier: Notifier, *, exit_on_restart: bool, stan
                     refused_writes=fence.refused,
                 )
             log.info("daemon stopped")
+
+
+def _report_known_agents(host: Host, scheduler: Scheduler) -> None:
+    """The console host has no agents of its own: it reports those of the live slots."""
+    from calsched.host import ConsoleHost
+
+    if isinstance(host, ConsoleHost):
+        host.agents = lambda: (view.agent_id for view in scheduler.active())
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _nudge_when_due(scheduler: Scheduler, engine: Engine) -> None:
+    """Every :data:`DUE_POLL_S`, nudge the heartbeat if the embedded calendar has a slot due.
+
+    A failed check is a failed try: one log line, then a doubling wait (capped at the
+    heartbeat interval, which fires the slot anyway).
+    """
+    from calsched.backend.calendar import LocalCalendar
+    from calsched.scheduler.backoff import equal_jitter, exponential
+
+    calendar = LocalCalendar(engine)
+    failures = 0
+    wait = DUE_POLL_S
+    while True:
+        await asyncio.sleep(wait)
+        try:
+            due = await asyncio.to_thread(calendar.has_due)
+        except Exception as exc:  # the database is away: the heartbeat says so too
+            failures += 1
+            cap = max(DUE_POLL_S, scheduler.settings.heartbeat_interval_s)
+            wait = equal_jitter(exponential(failures - 1, DUE_POLL_S, cap))
+            log.warning(
+                "checking the calendar for due slots failed",
+                error=f"{type(exc).__name__}: {exc}",
+                tries=failures,
+                next_try_s=round(wait, 1),
+            )
+            continue
+        failures, wait = 0, DUE_POLL_S
+        if due:
+            scheduler.nudge()
 
 
 async def _take_lease(cfg: Config, journal: Journal, *, standby: bool) -> Lease | None:
@@ -460,6 +538,11 @@ async def _supervise(
         )
         if cfg.host.adapter is HostAdapter.none:
             log.warning("no host adapter configured: every wake will fail", cause=NoHost.CAUSE)
+        elif cfg.host.adapter is HostAdapter.console:
+            log.info(
+                "no agent host configured: each wake is printed here, with the command "
+                "that completes it (set host.adapter to webhook or command for real agents)"
+            )
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         reason = next(waiters[t] for t in waiters if t in done)
         code = 0

@@ -1,8 +1,9 @@
 """Logging set-up: structlog, one line per event, human key=value or JSON.
 
-Both structlog loggers and the standard library's (uvicorn, alembic, our adapters if they
-use ``logging``) go through one handler with the same processors, so every line has the
-same shape. Values under secret-looking keys are redacted before rendering, as a second
+Both structlog loggers and the standard library's (uvicorn, alembic, the scheduler and
+the adapters, which use ``logging`` with ``extra`` fields) go through one handler with the
+same processors, so every line has the same shape; uvicorn's loggers are shown as
+``calsched.http``. Values under secret-looking keys are redacted before rendering, as a second
 line of defence: calsched never logs a secret on purpose.
 """
 
@@ -80,6 +81,33 @@ def redact_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> Even
     return event
 
 
+#: Standard-library loggers shown under another name: uvicorn logs its ordinary info lines
+#: ("Started server process") as ``uvicorn.error``, which reads like a failure.
+_RENAMED = {
+    "uvicorn": "calsched.http",
+    "uvicorn.error": "calsched.http",
+    "uvicorn.access": "calsched.http.access",
+}
+
+#: Record attributes ExtraAdder would take for fields but are not: uvicorn's coloured copy
+#: of its message, and what ``logging.Formatter`` itself adds to a record it formatted.
+_DROPPED_EXTRA = frozenset({"color_message", "message", "asctime"})
+
+
+def _rename_loggers(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    # After add_logger_name: the name shown, not the logger's own (its level still counts).
+    name = event.get("logger")
+    if isinstance(name, str) and name in _RENAMED:
+        event["logger"] = _RENAMED[name]
+    return event
+
+
+def _drop_extra(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    for key in _DROPPED_EXTRA & event.keys():
+        del event[key]
+    return event
+
+
 def _exception_on_one_line(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     # The key=value format keeps one line per event: an exception is summarised as
     # "Type: message"; the JSON format keeps the whole traceback (escaped, still one line).
@@ -141,8 +169,20 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+    # Standard-library records (the scheduler's, the adapters', uvicorn's): their ``extra``
+    # fields become key=value fields like a structlog event's, before redaction.
+    foreign: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        _rename_loggers,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+        _drop_extra,
+        redact_secrets,
+    ]
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=foreign,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
     handler = _CalschedHandler(stream if stream is not None else sys.stderr)

@@ -262,7 +262,8 @@ class Slot:
             return self.wake_options.override_message
         if self.prompt_text:
             return self.prompt_text
-        return f"[calendar] slot {self.id}: {self.title or ''}"
+        # No title: no dangling ": " after the id.
+        return f"[calendar] slot {self.id}" + (f": {self.title}" if self.title else "")
 
     @property
     def source(self) -> str:

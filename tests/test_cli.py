@@ -666,6 +666,30 @@ def test_backend_serve_unreadable_key_file(env: Path) -> None:
     assert line.startswith("error: backend_api_key_file: cannot read")
 
 
+def test_slots_add_says_when_it_fires_and_who_fires_it(journal: Journal) -> None:
+    """With no daemon: "start calsched run"; with one holding the identifier: its pid and
+    how soon it picks the slot up. The time is said in seconds and as a UTC time."""
+    idle = cli("slots", "add", "--id", "s-now", "--agent", "bob").stdout.splitlines()
+    assert idle[0].startswith("added slot s-now for agent bob at ")
+    assert idle[1].startswith("fires now (due ")
+    assert idle[1].endswith(
+        "no daemon is running for identifier 'host-a': start `calsched run` to fire it"
+    )
+    lease = Lease.guarded(journal.engine, "host-a", ttl_s=30)
+    lease.acquire()
+    try:
+        later = cli("slots", "add", "--agent", "bob", "--at", "+90s").stdout.splitlines()[1]
+        as_json = cli("slots", "add", "--agent", "bob", "--json")
+    finally:
+        lease.release()
+    assert re.match(r"fires in (89|90) s \(at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\); ", later)
+    assert later.endswith(
+        f"the running daemon (pid {os.getpid()} on {socket.gethostname()}) picks it up within ~1 s"
+    )
+    assert json.loads(as_json.stdout)["agent_id"] == "bob"  # stdout stays JSON
+    assert "picks it up within ~1 s" in as_json.stderr
+
+
 def test_slots_add_notes_a_remote_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """Adding to the embedded calendar while backend_url is set says run will not use it."""
     monkeypatch.setenv("CALSCHED_BACKEND_URL", "http://127.0.0.1:9")

@@ -76,7 +76,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.backend_max_response_bytes == 8 * 1024 * 1024
     assert cfg.control == ControlConfig(secret_file=data_dir / "control.secret")
     assert (cfg.control.host, cfg.control.port) == ("127.0.0.1", 8765)
-    assert cfg.host.adapter is HostAdapter.none
+    assert cfg.host.adapter is HostAdapter.console
     assert cfg.scheduler == SchedulerSettings()
     assert (cfg.log_json, cfg.log_level) == (False, "info")
     assert (cfg.tracing, cfg.tracing_exporter) == (False, None)

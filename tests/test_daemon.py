@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -17,17 +19,20 @@ from calsched.daemon import (
     EXIT_RESTART,
     NoHost,
     _allowed_hosts,
+    _nudge_when_due,
     _supervise,
     build_host,
     embedded_backend,
     remote_backend,
 )
 from calsched.errors import ConfigError, WakeFailedError
-from calsched.host import CommandHost, WebhookHost
+from calsched.host import CommandHost, ConsoleHost, WebhookHost
 from calsched.journal import Journal
 from calsched.model import HeartbeatRequest, SlotState, SlotUpdate, utcnow
 from calsched.notify import Notifier
 from calsched.ports import WakeRequest
+from calsched.scheduler import Scheduler
+from calsched.settings import SchedulerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +64,44 @@ async def test_no_host_fails_every_wake_with_its_cause() -> None:
 
 
 def test_build_host_none() -> None:
-    """adapter none (the default) gives the failing NoHost."""
-    assert isinstance(build_host(config()), NoHost)
+    """adapter none, named explicitly, gives the failing NoHost."""
+    assert isinstance(build_host(config(host={"adapter": "none"})), NoHost)
+
+
+def test_build_host_console_is_the_default() -> None:
+    """With no host configured, wakes go to the console, its commands naming ``cli``."""
+    host = build_host(config(), cli=["calsched", "--config", "/etc/c.toml"])
+    assert isinstance(host, ConsoleHost)
+    assert host.cli == ("calsched", "--config", "/etc/c.toml")
+
+
+async def test_due_slots_nudge_the_heartbeat(
+    sqlite_journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher nudges the scheduler once a calendar slot is due, not before."""
+    poll = 0.05
+    monkeypatch.setattr("calsched.daemon.DUE_POLL_S", poll)
+    nudged = asyncio.Event()
+
+    class Recorder:
+        settings = SchedulerSettings(identifier="host-a")
+
+        def nudge(self) -> None:
+            nudged.set()
+
+    calendar = LocalCalendar(sqlite_journal.engine)
+    calendar.add("later", "bob", fire_at=utcnow() + timedelta(hours=1))
+    watcher = asyncio.create_task(
+        _nudge_when_due(cast(Scheduler, Recorder()), sqlite_journal.engine)
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(nudged.wait()), poll * 4)
+        calendar.add("now", "bob")
+        await asyncio.wait_for(nudged.wait(), poll * 20)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def test_build_host_webhook(monkeypatch: pytest.MonkeyPatch) -> None:

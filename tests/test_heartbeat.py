@@ -155,3 +155,39 @@ async def test_a_slow_backend_is_cut_off_at_the_deadline(db_url: str) -> None:
         assert await sched.heartbeat_once() is False
         assert sched.status().backend.last_error == "no answer within 0.05s"
     journal.close()
+
+
+async def test_a_nudge_ends_the_wait_between_good_beats(sched: Scheduler) -> None:
+    """After a good beat the loop waits the interval, unless nudged: then it beats at once.
+    A nudge while failing changes nothing: the backoff stands."""
+    heartbeat = beat_of(sched)
+    beats: list[float] = []
+    real_once = heartbeat.once
+
+    async def counted() -> bool:
+        beats.append(asyncio.get_running_loop().time())
+        return await real_once()
+
+    heartbeat.once = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(heartbeat.run())
+    try:
+        async with asyncio.timeout(2):
+            while not beats:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert len(beats) == 1  # waiting INTERVAL (5 s) now
+            sched.nudge()
+            while len(beats) < 2:
+                await asyncio.sleep(0.01)
+        assert beats[1] - beats[0] < 1.0
+        script(sched).append(BackendUnavailableError("HTTP 503"))
+        sched.nudge()  # answered by the beat that fails
+        async with asyncio.timeout(2):
+            while heartbeat.failures == 0:
+                await asyncio.sleep(0.01)
+        sched.nudge()  # failing: ignored
+        await asyncio.sleep(0.2)
+        assert len(beats) == 3
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

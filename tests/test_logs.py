@@ -43,7 +43,39 @@ def test_json_lines(stream: io.StringIO) -> None:
     assert first["event"] == "slot woken"
     assert (first["slot_id"], first["attempt"], first["level"]) == ("s1", 2, "info")
     assert first["timestamp"].endswith("Z")
-    assert (second["event"], second["logger"]) == ("from stdlib", "uvicorn.error")
+    assert (second["event"], second["logger"]) == ("from stdlib", "calsched.http")
+
+
+def test_uvicorn_lines_are_not_named_as_errors(stream: io.StringIO) -> None:
+    """uvicorn's info lines (logged as ``uvicorn.error``) show as calsched.http, without
+    its coloured copy of the message."""
+    configure_logging(json_format=True, stream=stream)
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 7, extra={"color_message": "\x1b[36m7\x1b[0m"}
+    )
+    logging.getLogger("uvicorn.access").warning("GET /healthz")
+    first, second = (json.loads(line) for line in lines(stream))
+    assert first == {
+        "event": "Started server process [7]",
+        "level": "info",
+        "logger": "calsched.http",
+        "timestamp": first["timestamp"],
+    }
+    assert second["logger"] == "calsched.http.access"
+
+
+def test_stdlib_extra_fields_are_rendered_and_redacted(stream: io.StringIO) -> None:
+    """A standard-library record's ``extra`` becomes fields, secrets redacted."""
+    configure_logging(stream=stream)
+    logging.getLogger("calsched.scheduler").info(
+        "slot received", extra={"slot_id": "s1", "agent_id": "bob", "api_token": "t0p"}
+    )
+    (line,) = lines(stream)
+    assert "slot received [calsched.scheduler]" in line
+    assert "agent_id=bob" in line
+    assert "slot_id=s1" in line
+    assert f"api_token={REDACTED}" in line
+    assert "t0p" not in line
 
 
 def test_text_lines_are_single_lines(stream: io.StringIO) -> None:

@@ -361,7 +361,7 @@ def test_absent_time_serialises_as_null() -> None:
             {"prompt_text": "", "wake_options": {"override_message": ""}},
             "[calendar] slot s-18: Daily report",
         ),
-        ({"prompt_text": None, "title": None}, "[calendar] slot s-18: "),
+        ({"prompt_text": None, "title": None}, "[calendar] slot s-18"),
     ],
     ids=["override", "prompt", "default", "empty-strings-fall-through", "no-title"],
 )

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Connection
 
 from calsched.backend.http import HttpBackend
-from calsched.errors import JournalError
+from calsched.errors import BackendRejectedError, JournalError
 from calsched.journal import Journal
 from calsched.model import Slot, utcnow
 from calsched.scheduler import Scheduler
@@ -210,3 +210,73 @@ async def test_a_backend_answer_that_broke_the_worker_costs_a_handful_of_posts(
         assert row.next_try_at == start + timedelta(seconds=60)
     await sched.stop()
     journal.close()
+
+
+# -- what the worker tells ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def plain(db_url: str) -> AsyncIterator[tuple[Scheduler, InMemoryBackend]]:
+    """A scheduler whose outbox works; s1 (agent alice) is fired on its first beat."""
+    Journal.open(db_url, "host-a", upgrade=True).close()
+    journal = Journal.open(db_url, "host-a")
+    backend = InMemoryBackend([Slot(id="s1", agent_id="alice", title="report")])
+    sched = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, InMemoryHost())
+    await sched.recover()
+    yield sched, backend
+    await sched.stop()
+    journal.close()
+
+
+def outbox_lines(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "calsched.scheduler" and r.msg == event]
+
+
+async def test_a_delivery_is_told_once_after_it_is_marked(
+    plain: tuple[Scheduler, InMemoryBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """outbox delivered, at info, with the slot, row, status and attempt."""
+    sched, _ = plain
+    caplog.set_level(logging.INFO, logger="calsched.scheduler")
+    await sched.heartbeat_once()
+    await settle(sched)
+    (line,) = outbox_lines(caplog, "outbox delivered")
+    assert line.levelno == logging.INFO
+    fields = {k: line.__dict__[k] for k in ("slot_id", "status", "attempt", "tries")}
+    assert fields == {"slot_id": "s1", "status": "in_progress", "attempt": 1, "tries": 1}
+
+
+async def test_a_dead_letter_is_told_once_as_an_error(
+    plain: tuple[Scheduler, InMemoryBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rejected update: one error line naming the slot and the backend's answer."""
+    sched, backend = plain
+    caplog.set_level(logging.INFO, logger="calsched.scheduler")
+    backend.fail_status(BackendRejectedError("HTTP 404: no such slot", status_code=404))
+    await sched.heartbeat_once()
+    await settle(sched)
+    (line,) = outbox_lines(caplog, "outbox dead letter")
+    assert line.levelno == logging.ERROR
+    assert (line.slot_id, line.status) == ("s1", "in_progress")  # type: ignore[attr-defined]
+    assert "no such slot" in line.error  # type: ignore[attr-defined]
+    assert outbox_lines(caplog, "outbox delivered") == []
+
+
+async def test_a_reconcile_is_told_once(
+    plain: tuple[Scheduler, InMemoryBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 409: one warning with what was sent and what the backend holds."""
+    sched, backend = plain
+    caplog.set_level(logging.INFO, logger="calsched.scheduler")
+    backend.hold("s1", "aborted", "cancelled by the owner")
+    await sched.heartbeat_once()
+    await settle(sched)
+    (line,) = outbox_lines(caplog, "outbox reconciled")
+    assert line.levelno == logging.WARNING
+    fields = {k: line.__dict__[k] for k in ("slot_id", "sent", "backend_holds", "changed")}
+    assert fields == {
+        "slot_id": "s1",
+        "sent": "in_progress",
+        "backend_holds": "aborted",
+        "changed": True,
+    }

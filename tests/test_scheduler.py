@@ -6,6 +6,7 @@ Every test runs on SQLite and on PostgreSQL (``db_url``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
@@ -808,3 +809,30 @@ async def test_a_key_that_cannot_be_kept_rolls_the_change_back(make: Factory) ->
         await sched.pause("alice", key=key)
     assert count_events(sched) == before
     assert (await sched.current_slot("alice")).state is SlotState.in_progress
+
+
+async def test_recovery_tells_what_it_found_and_did(
+    make: Factory, backend: InMemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start, one info line: how many live slots, and what became of each kind."""
+    first = make()
+    await first.recover()
+    backend.to_fire = [slot("s1"), slot("s2")]  # alice: one in progress, one queued
+    await beat(first)
+    await first.pause("alice", "lunch")
+    await first.stop()
+    caplog.set_level(logging.INFO, logger="calsched.scheduler")
+    second = make()
+    await second.recover()
+    lines = [r for r in caplog.records if r.msg == "recovered live slots"]
+    assert len(lines) == 1
+    fields = lines[0].__dict__
+    counts = ("live", "redispatched", "pending", "in_progress", "paused", "outbox_pending")
+    assert {k: fields[k] for k in counts} == {
+        "live": 2,
+        "redispatched": 0,
+        "pending": 1,
+        "in_progress": 0,
+        "paused": 1,
+        "outbox_pending": 0,
+    }

@@ -5,6 +5,7 @@ Through a real Scheduler (its desk is ``_tools``), on SQLite and PostgreSQL (``d
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -59,3 +60,23 @@ async def test_a_keyed_call_keeps_its_answer_with_the_change(sched: Scheduler) -
     assert kept.status == 200
     assert kept.body["state"] == "paused"
     assert await sched._tools.recall("bob", "k-1") is None  # keys are per agent
+
+
+async def test_each_call_is_one_line_with_its_actor(
+    sched: Scheduler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A committed call is told once at info: tool, actor, slot, the state it left."""
+    caplog.set_level(logging.INFO, logger="calsched.scheduler")
+    await sched._tools.act("alice", Trigger.pause, None, None, Actor.operator, reason="lunch")
+    with pytest.raises(NoActiveSlotError):  # refused: nothing committed, nothing told
+        await sched._tools.act("bob", Trigger.pause, None, None, Actor.agent)
+    calls = [r for r in caplog.records if r.msg == "tool call"]
+    assert len(calls) == 1
+    fields = calls[0].__dict__
+    assert {k: fields[k] for k in ("tool", "actor", "agent_id", "slot_id", "state")} == {
+        "tool": "pause",
+        "actor": "operator",
+        "agent_id": "alice",
+        "slot_id": "s1",
+        "state": "paused",
+    }

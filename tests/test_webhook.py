@@ -387,5 +387,10 @@ def test_host_package_surface() -> None:
     """calsched.host re-exports exactly its adapters, with a sorted __all__."""
     import calsched.host
 
-    assert calsched.host.__all__ == ["CommandHost", "WebhookHost", "parse_agent_list"]
+    assert calsched.host.__all__ == [
+        "CommandHost",
+        "ConsoleHost",
+        "WebhookHost",
+        "parse_agent_list",
+    ]
     assert calsched.host.__all__ == sorted(calsched.host.__all__)

@@ -347,6 +347,20 @@ class LocalCalendar:
                 for s in listed
             ]
 
+    def has_due(self, *, now: datetime | None = None) -> bool:
+        """Whether a ``scheduled`` slot is due (``fire_at <= now``): what a heartbeat
+        would fire. One read on the ``(status, fire_at)`` index, ``LIMIT 1``: its cost does
+        not grow with the number of slots."""
+        at = now or self._clock()
+        query = (
+            select(calendar_slots.c.id)
+            .where(calendar_slots.c.status == CalendarStatus.scheduled.value)
+            .where(calendar_slots.c.fire_at <= at)
+            .limit(1)
+        )
+        with self._read() as conn:
+            return conn.execute(query).first() is not None
+
     # -- status updates -----------------------------------------------------------------
 
     def record_status(

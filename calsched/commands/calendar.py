@@ -7,9 +7,10 @@ The calendar lives in the journal's database (tables ``calendar_slots`` and
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,9 +19,11 @@ from calsched.commands.common import (
     JsonOption,
     config_of,
     fail,
+    iso,
     open_journal,
     parse_when,
     print_json,
+    short_time,
 )
 from calsched.commands.listing import (
     DEFAULT_LIMIT,
@@ -35,6 +38,11 @@ from calsched.commands.listing import (
     output_form,
     time_cell,
 )
+
+if TYPE_CHECKING:
+    from calsched.config import Config
+    from calsched.journal import Journal
+    from calsched.journal.lease import Holder
 
 __all__ = ["backend_serve", "slots_add", "slots_list"]
 
@@ -74,6 +82,7 @@ def slots_add(
             prompt_text=prompt,
             override_message=override_message,
         )
+        holder = _daemon_of(cfg, journal)
     row = added.to_wire()
     if cfg.backend_url is not None:
         typer.echo(
@@ -81,10 +90,43 @@ def slots_add(
             "not this embedded calendar",
             err=True,
         )
+    when = _when_it_fires(cfg, added.fire_at, holder)
     if as_json:
         print_json(row)
+        typer.echo(when, err=True)
     else:
         typer.echo(f"added slot {row['id']} for agent {row['agent_id']} at {row['fire_at']}")
+        typer.echo(when)
+
+
+def _daemon_of(cfg: Config, journal: Journal) -> Holder | None:
+    """The live daemon holding this configuration's identifier, if any."""
+    from calsched.journal.lease import live_holders
+
+    return next((h for h in live_holders(journal.engine) if h.identifier == cfg.identifier), None)
+
+
+def _when_it_fires(cfg: Config, fire_at: datetime, holder: Holder | None) -> str:
+    """One line: when the slot fires, and whether a running daemon will fire it."""
+    from calsched.daemon import DUE_POLL_S
+
+    wait = (fire_at - datetime.now(UTC)).total_seconds()
+    fires = (
+        f"fires in {wait:.0f} s (at {short_time(iso(fire_at))})"
+        if wait >= 1
+        else f"fires now (due {short_time(iso(fire_at))})"
+    )
+    if cfg.backend_url is not None:
+        return f"{fires} in the embedded calendar (read by `calsched run` without backend_url)"
+    if holder is None:
+        return (
+            f"{fires}; no daemon is running for identifier {cfg.identifier!r}: "
+            "start `calsched run` to fire it"
+        )
+    return (
+        f"{fires}; the running daemon (pid {holder.pid} on {holder.host}) "
+        f"picks it up within ~{DUE_POLL_S:g} s"
+    )
 
 
 _SLOT_CELLS = (

@@ -112,6 +112,11 @@ class CommandHost:
             self._list_argv = tuple(list_argv)
         self._env = dict(env) if env is not None else None
 
+    @property
+    def target(self) -> str:
+        """Where wakes go, for log lines: the program run (its arguments may be private)."""
+        return f"command {self._argv[0]}"
+
     def __repr__(self) -> str:
         return (
             f"CommandHost({list(self._argv)!r}, "

@@ -126,6 +126,11 @@ class WebhookHost:
             follow_redirects=False,
         )
 
+    @property
+    def target(self) -> str:
+        """Where wakes go, for log lines: the wake URL without credentials or query."""
+        return f"webhook {_redacted(self._wake_url)}"
+
     def __repr__(self) -> str:
         token = "set" if "Authorization" in self._headers else "none"
         return (

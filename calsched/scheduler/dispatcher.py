@@ -5,6 +5,10 @@ dispatches the next pending slot of every idle agent asked for; each agent is pu
 one call at a time, and agents never wait for each other. Wakes run with the configured
 bound on concurrency; a wake's outcome (``woke`` or ``wake_failed``) is committed through
 the gateway, where the group writer shares commits between wakes that end together.
+
+Each step is logged once it committed (:class:`~calsched.scheduler.loglines.LogLines`: one
+info line per slot, one summary line for a burst): ``slot received``, ``slot dispatched``,
+``slot woken``, or the warning ``wake failed`` naming the host it was sent to.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from calsched.model import Actor, SlotState, SlotView, Trigger
 from calsched.ports import Host, WakeRequest
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
+from calsched.scheduler.loglines import LogLines
 from calsched.settings import SchedulerSettings
 from calsched.tracing import NO_TRACING, Tracing
 
@@ -69,6 +74,12 @@ class Dispatcher:
         self._wakes: set[asyncio.Task[None]] = set()
         # The counter child every wake increments, looked up once.
         self._woken = metrics.wakes.labels("ok")
+        #: Where wakes go, as log lines name it (an adapter's ``target``, else its class).
+        self.target = str(getattr(host, "target", None) or type(host).__name__)
+        self._said_received = LogLines(log, "slot received", "slots received")
+        self._said_dispatched = LogLines(log, "slot dispatched", "slots dispatched")
+        self._said_woken = LogLines(log, "slot woken", "slots woken")
+        self._said_failed = LogLines(log, "wake failed", "wakes failed", level=logging.WARNING)
 
     @property
     def wakes(self) -> list[asyncio.Task[None]]:
@@ -160,6 +171,10 @@ class Dispatcher:
             done = await self._gateway.commit_tolerant([*requests, *starts])
         finally:
             self._pumping.difference_update(starting)
+        for request in requests:  # committed: now they may be told
+            slot = request.slot
+            if request.trigger is Trigger.receive and slot is not None and slot.id in done:
+                self._said_received.add(slot_id=slot.id, agent_id=slot.agent_id)
         self._wake_dispatched(starts, done)
         again = [a for a in starting if a in self._repump]
         self._repump.difference_update(again)
@@ -170,6 +185,12 @@ class Dispatcher:
         for request in requests:
             view = self._live.get(request.slot_id)
             if request.slot_id in done and view is not None and view.state is SlotState.dispatching:
+                self._said_dispatched.add(
+                    slot_id=view.slot_id,
+                    agent_id=view.agent_id,
+                    attempt=view.attempt,
+                    actor=request.actor.value,
+                )
                 self.spawn_wake(view, recovering=False)
 
     def spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
@@ -189,14 +210,18 @@ class Dispatcher:
                 if failure is not None:
                     span.fail(failure)
         self._failpoint("after_wake")
+        fields = {"slot_id": view.slot_id, "agent_id": view.agent_id, "attempt": view.attempt}
         if failure is None:
-            await self._settle_wake(view, Trigger.woke, actor, None)
+            recorded = await self._settle_wake(view, Trigger.woke, actor, None)
             latency = (self._clock() - view.received_at).total_seconds()
             self.metrics.dispatch_latency.observe(max(latency, 0.0))
+            if recorded:
+                self._said_woken.add(**fields, target=self.target, actor=actor.value)
         else:
             self.metrics.wakes.labels("failed").inc()
-            log.warning("slot %s: %s", view.slot_id, failure)
-            await self._settle_wake(view, Trigger.wake_failed, actor, failure)
+            recorded = await self._settle_wake(view, Trigger.wake_failed, actor, failure)
+            # After the commit, whether or not it was recorded: the host failed either way.
+            self._said_failed.add(**fields, target=self.target, cause=failure, recorded=recorded)
             await self.pump(view.agent_id)
 
     async def _call_host(self, view: SlotView) -> str | None:
@@ -224,7 +249,8 @@ class Dispatcher:
 
     async def _settle_wake(
         self, view: SlotView, trigger: Trigger, actor: Actor, reason: str | None
-    ) -> None:
+    ) -> bool:
+        """Commit the wake's outcome; whether it was recorded."""
         try:
             # Wakes ending together share one write: each outcome is still its own.
             await self._gateway.settle(
@@ -233,6 +259,7 @@ class Dispatcher:
         except (InvalidTransitionError, SlotNotFoundError) as exc:
             # The slot moved on while the wake was in flight (aborted, superseded).
             log.info("slot %s: %s not recorded: %s", view.slot_id, trigger, exc)
+            return False
         except JournalError as exc:
             # The wake happened; the journal still says dispatching, so the next start
             # wakes it again (the documented extra wake) rather than losing it.
@@ -242,3 +269,5 @@ class Dispatcher:
                 trigger,
                 exc,
             )
+            return False
+        return True

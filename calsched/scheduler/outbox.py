@@ -9,6 +9,9 @@ journal itself is failing: then no delivery starts until a backoff of its own ha
 (:meth:`OutboxWorker.journal_failed`), so a journal that is down costs one post and one
 log line per backoff step, not one per poll. A 409 reconciles the slot to the backend's
 status through the journal gateway, like every other change of the live view.
+
+Once marked, each outcome is logged: ``outbox delivered`` (info; one summary line for a
+burst), ``outbox dead letter`` (error) and ``outbox reconciled`` (warning).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from calsched.ports import Backend
 from calsched.scheduler.backoff import equal_jitter, exponential
 from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.loglines import LogLines
 from calsched.settings import SchedulerSettings
 from calsched.tracing import NO_TRACE, NO_TRACING, AttributeValue, Tracing
 
@@ -105,6 +109,7 @@ class OutboxWorker:
         self._held_until: datetime | None = None
         #: Deliveries ending together have their rows marked in one write.
         self.marker: Coalescer[int, None] = gateway.coalescer(self._mark_delivered)
+        self._said_delivered = LogLines(log, "outbox delivered", "outbox rows delivered")
 
     def kick(self) -> None:
         """Something new is due: pass now rather than at the next poll."""
@@ -299,13 +304,22 @@ class OutboxWorker:
                 lambda conn: self.journal.settle_conflict_in(conn, row, held, reason)
             )
             self.metrics.outbox_deliveries.labels("reconciled").inc()
+            log.warning(
+                "outbox reconciled",
+                extra={
+                    "slot_id": row.slot_id,
+                    "row_id": row.id,
+                    "attempt": row.attempt,
+                    "sent": row.status.value,
+                    "backend_holds": held.value,
+                    "changed": bool(applied.events),
+                },
+            )
             for event in applied.events:
                 await self._reconciled(event.agent_id)
-            log.warning("slot %s: backend holds %s; reconciled", row.slot_id, held.value)
             return
         except BackendRejectedError as exc:
             await self._mark_dead(row, str(exc))
-            log.error("slot %s: backend cannot take %s: %s", row.slot_id, row.status.value, exc)
             return
         except (BackendRefusedError, BackendUnavailableError, TimeoutError) as exc:
             hint = exc.retry_after if isinstance(exc, BackendUnavailableError) else None
@@ -322,6 +336,13 @@ class OutboxWorker:
         self._report_key(False)
         await self.marker(row.id)
         self.metrics.outbox_deliveries.labels("delivered").inc()
+        self._said_delivered.add(
+            slot_id=row.slot_id,
+            row_id=row.id,
+            attempt=row.attempt,
+            status=row.status.value,
+            tries=row.tries + 1,
+        )
 
     async def _mark_delivered(self, row_ids: list[int]) -> list[Outcome[None]]:
         try:
@@ -343,3 +364,13 @@ class OutboxWorker:
     async def _mark_dead(self, row: OutboxRow, error: str) -> None:
         await self._gateway.write(lambda conn: self.journal.mark_dead_in(conn, row.id, error))
         self.metrics.outbox_deliveries.labels("dead_lettered").inc()
+        log.error(
+            "outbox dead letter",
+            extra={
+                "slot_id": row.slot_id,
+                "row_id": row.id,
+                "attempt": row.attempt,
+                "status": row.status.value,
+                "error": error,
+            },
+        )

@@ -278,6 +278,7 @@ class Scheduler:
         self._history.clear()
         self._history.extend(HistoryEntry.from_view(v) for v in reversed(recent) if v.terminal)
         self._failpoint("during_recovery")
+        states = Counter(v.state for v in views)
         for view in views:
             if view.state is SlotState.dispatching:
                 self._dispatch.spawn_wake(view, recovering=True)
@@ -285,6 +286,20 @@ class Scheduler:
         await self._dispatch.pump_many(pending, actor=Actor.recovery)
         await self._outbox.refresh_counts()
         self._outbox.kick()
+        # After the re-dispatch committed: what the journal held, and what became of it.
+        log.info(
+            "recovered live slots",
+            extra={
+                "live": len(views),
+                "redispatched": states[SlotState.dispatching],
+                "pending": states[SlotState.pending],
+                "agents_pumped": len(pending),
+                "in_progress": states[SlotState.in_progress],
+                "paused": states[SlotState.paused],
+                "outbox_pending": self._outbox.counts.pending,
+                "outbox_dead": self._outbox.counts.dead,
+            },
+        )
 
     async def heartbeat_once(self) -> bool:
         """Send one heartbeat and take in its slots; whether the backend answered.
@@ -292,6 +307,14 @@ class Scheduler:
         For tests and embedding hosts that drive beats themselves (with :meth:`idle`).
         """
         return await self._heartbeat.once()
+
+    def nudge(self) -> None:
+        """Beat now rather than at the end of the interval (if the backend is answering).
+
+        For a caller that knows a slot is due at the backend: the daemon, watching the
+        embedded calendar.
+        """
+        self._heartbeat.nudge()
 
     # -- the agents' tools (ports.SlotTools) ---------------------------------------------
 

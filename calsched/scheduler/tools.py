@@ -5,10 +5,12 @@
 current slot, the slot the call names), commits the transition through the journal
 gateway, and, for a call with an ``Idempotency-Key``, keeps the answer in the same
 transaction, so the change and the answer a retry repeats commit together or not at all.
+Each call that committed is logged on one info line (``tool call``) with its actor.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from sqlalchemy import Connection
@@ -25,6 +27,8 @@ from calsched.status import SlotEntry
 from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["ToolDesk"]
+
+log = logging.getLogger("calsched.scheduler")
 
 
 class ToolDesk:
@@ -117,6 +121,18 @@ class ToolDesk:
             )
         after = applied.view(current.slot_id, current)
         assert after is not None, "the tool's own slot is in its batch"
+        log.info(
+            "tool call",
+            extra={
+                "tool": trigger.value,
+                "actor": actor.value,
+                "agent_id": agent_id,
+                "slot_id": current.slot_id,
+                "attempt": current.attempt,
+                "state": after.state.value,
+                "keyed": key is not None,
+            },
+        )
         if after.terminal:
             await self._dispatch.pump(agent_id)
         return after
