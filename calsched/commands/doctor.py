@@ -210,6 +210,8 @@ def _host(cfg: Config) -> Check:
         if found:
             return Check("host", True, f"command {found}", found)
         return Check("host", False, f"command {program!r} not found or not executable")
+    if host.adapter is HostAdapter.console:
+        return Check("host", True, "console: each wake is printed to the daemon's terminal")
     return Check("host", True, f"{host.adapter.value}")
 
 
