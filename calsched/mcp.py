@@ -37,7 +37,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.model import MAX_ID_CHARS
 from calsched.status import AgentStatus, SlotEntry
 

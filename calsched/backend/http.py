@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import httpx
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.bodies import read_capped
 from calsched.errors import (
     BackendConflictError,

@@ -17,7 +17,7 @@ from calsched.errors import NoActiveSlotError, StaleSlotError
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied
-from calsched.model import Actor, SlotView, Trigger
+from calsched.model import Actor, SlotState, SlotView, Trigger
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
@@ -65,8 +65,20 @@ class ToolDesk:
         reason: str | None = None,
     ) -> SlotView:
         """Fire ``trigger`` on the agent's current slot (the one ``slot_id`` names, if
-        given: else :class:`StaleSlotError`); the slot after the change."""
+        given: else :class:`StaleSlotError`); the slot after the change.
+
+        On a slot still ``dispatching`` (but for an abort) it first waits for the wake in
+        flight to end.
+        """
         current = self._live.current(agent_id)
+        if (
+            current is not None
+            and current.state is SlotState.dispatching
+            and trigger is not Trigger.abort  # an abort needs no wake: a hung one must not wait
+        ):
+            # Woken but ``woke`` not yet committed: decide on the slot as the wake left it.
+            await self._dispatch.wake_settled(current.slot_id)
+            current = self._live.current(agent_id)
         if slot_id is not None and (current is None or current.slot_id != slot_id):
             raise StaleSlotError(agent_id, slot_id, current.slot_id if current else None)
         if current is None:
