@@ -125,6 +125,8 @@ class HttpBackend:
 
     Raises :class:`~calsched.errors.ConfigError` for a base URL that is not http(s) or an
     API key that cannot be sent in a header.
+
+    Example: ``async with HttpBackend("https://calendar.example", api_key) as backend: ...``
     """
 
     def __init__(
