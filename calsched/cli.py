@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.commands import calendar, control, doctor, journal, mcp, outbox
 from calsched.commands.common import EXIT_ERROR, EXIT_USAGE, CliState, config_of, fail
 from calsched.daemon import EXIT_RESTART, run_daemon

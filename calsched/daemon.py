@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import secrets
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -93,9 +92,6 @@ _LOST = -1
 
 #: How often the daemon asks the embedded calendar whether a slot is due (seconds).
 DUE_POLL_S = 1.0
-
-#: The base URL the in-process backend is addressed by; no request leaves the process.
-_EMBEDDED_URL = "http://embedded-calendar.invalid"
 
 log = get_logger("calsched.daemon")
 
@@ -196,24 +192,13 @@ def remote_backend(cfg: Config) -> HttpBackend | None:
 
 
 def embedded_backend(cfg: Config, engine: Engine) -> HttpBackend:
-    """The embedded calendar in ``engine``'s database, behind the reference backend's app.
-
-    Reached through :class:`httpx.ASGITransport`: the scheduler speaks the real protocol
-    (auth header, JSON, status codes, size cap) and no port is opened.
-    """
-    import httpx
-
+    """The embedded calendar in ``engine``'s database, behind the reference backend's app
+    (:func:`calsched.backend.embedded.embedded_backend`: no port is opened)."""
+    from calsched.backend import embedded
     from calsched.backend.calendar import LocalCalendar
-    from calsched.backend.http import HttpBackend
-    from calsched.backend.server import create_backend_app
 
-    # A fresh key per process: nothing outside this process ever needs it.
-    key = secrets.token_urlsafe(32)
-    return HttpBackend(
-        _EMBEDDED_URL,
-        key,
-        max_response_bytes=cfg.backend_max_response_bytes,
-        transport=httpx.ASGITransport(app=create_backend_app(LocalCalendar(engine), key)),
+    return embedded.embedded_backend(
+        LocalCalendar(engine), max_response_bytes=cfg.backend_max_response_bytes
     )
 
 

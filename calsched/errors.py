@@ -55,7 +55,10 @@ __all__ = [
 
 
 class CalschedError(Exception):
-    """Base of every error calsched raises on purpose."""
+    """Base of every error calsched raises on purpose.
+
+    Example: ``except CalschedError as exc: print(f"error: {exc}")``
+    """
 
 
 class InvalidInputError(CalschedError, ValueError):

@@ -44,7 +44,7 @@ from mcp.types import ToolAnnotations
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import Field
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.model import MAX_ID_CHARS
 from calsched.status import AgentStatus, SlotEntry
 

@@ -32,7 +32,7 @@ from pydantic import (
     field_validator,
 )
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.errors import InvalidInputError
 
 __all__ = [

@@ -38,6 +38,8 @@ class WakeRequest:
     Hosts may dedupe on ``source`` + ``attempt``: wakes are at-least-once after a crash.
     ``trace`` is the W3C trace context of the wake (``traceparent``, ``tracestate``) when
     tracing is on, for the host to continue; it is not part of the body.
+
+    Example: ``queue.put_nowait((request.agent_id, request.message))``
     """
 
     agent_id: str
@@ -62,7 +64,9 @@ class Backend(Protocol):
     """The calendar backend (protocol section 1).
 
     Each call is bounded by the scheduler's ``backend_deadline_s``; a call still running
-    then is cancelled and counted as ``no answer within Ns``.
+    then is cancelled and counted as ``no answer within Ns``. Shipped:
+    :class:`~calsched.backend.http.HttpBackend` and
+    :func:`~calsched.backend.embedded.embedded_backend`.
     """
 
     async def heartbeat(
@@ -94,6 +98,7 @@ class Host(Protocol):
 
     Each call is bounded by the scheduler's ``wake_timeout_s``; a wake still running then is
     cancelled and fails with ``timeout after Ns``, a list still running gives no agents.
+    Any class with these two methods is a host (docs/embedding.md shows one on a queue).
     """
 
     async def wake_agent(self, request: WakeRequest) -> None:

@@ -25,7 +25,10 @@ class QueuePolicy(enum.Enum):
 
 
 class SchedulerSettings(BaseModel):
-    """Tunables of :class:`calsched.scheduler.Scheduler`, with the defaults it ships."""
+    """Tunables of :class:`calsched.scheduler.Scheduler`, with the defaults it ships.
+
+    Example: ``SchedulerSettings(identifier="my-host", heartbeat_interval_s=10)``
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -21,8 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "calsched"
 
 #: Bottom to top. An entry covers the module and, except the root package, its submodules.
 LAYERS: list[tuple[str, ...]] = [
-    # The root package stays thin: it only holds __version__, which anyone may import.
-    ("calsched", "calsched.errors", "calsched.model", "calsched.status"),
+    ("calsched._version", "calsched.errors", "calsched.model", "calsched.status"),
     ("calsched.lifecycle",),
     ("calsched.journal",),
     (
@@ -46,6 +45,9 @@ LAYERS: list[tuple[str, ...]] = [
         "calsched.cli",
         "calsched.__main__",
     ),
+    # The root package re-exports the public surface of every layer (lazily): no calsched
+    # module may import it; __version__ is calsched._version, at the bottom.
+    ("calsched",),
 ]
 
 #: Modules for tests only: no other calsched module may import them, in any layer.
@@ -176,7 +178,12 @@ def test_lower_layers_never_import_upper_ones() -> None:
             ["calsched.lifecycle (core) imports httpx"],
         ),
         ("calsched.scheduler", "import asyncio\nfrom calsched.journal import Journal", False, []),
-        ("calsched.cli", "from calsched import __version__\nimport calsched.model", False, []),
+        (
+            "calsched.cli",
+            "from calsched._version import __version__\nimport calsched.model",
+            False,
+            [],
+        ),
         (
             "calsched.backend.server",
             "from typing import TYPE_CHECKING\n"

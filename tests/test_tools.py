@@ -5,6 +5,7 @@ Through a real Scheduler (its desk is ``_tools``), on SQLite and PostgreSQL (``d
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -80,3 +81,48 @@ async def test_each_call_is_one_line_with_its_actor(
         "slot_id": "s1",
         "state": "paused",
     }
+
+
+async def test_a_call_on_a_slot_still_dispatching_waits_for_its_wake(db_url: str) -> None:
+    """A host that hands a wake on (a queue) lets its agent call a tool before ``woke``
+    committed: the call waits for the wake and acts on the in_progress slot."""
+    journal = Journal.open(db_url, "host-a", upgrade=True)
+    host = InMemoryHost()
+    host.hang_wakes("alice")
+    backend = InMemoryBackend([Slot(id="s1", agent_id="alice")])
+    scheduler = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, host)
+    try:
+        await scheduler.recover()
+        await scheduler.heartbeat_once()
+        while not host.wakes:
+            await asyncio.sleep(0.005)
+        assert (await scheduler.current_slot("alice")).state is SlotState.dispatching
+        call = asyncio.create_task(scheduler.complete("alice", "done", slot_id="s1"))
+        await asyncio.sleep(0.05)
+        assert not call.done()  # waiting for the wake, not refused
+        host.heal()
+        after = await asyncio.wait_for(call, 5)
+        assert after.state is SlotState.completed
+    finally:
+        await scheduler.stop()
+        journal.close()
+
+
+async def test_an_abort_of_a_slot_still_dispatching_does_not_wait(db_url: str) -> None:
+    """An abort is allowed from dispatching: it does not wait for a hung wake."""
+    journal = Journal.open(db_url, "host-a", upgrade=True)
+    host = InMemoryHost()
+    host.hang_wakes("alice")
+    backend = InMemoryBackend([Slot(id="s1", agent_id="alice")])
+    scheduler = Scheduler(SchedulerSettings(identifier="host-a"), journal, backend, host)
+    try:
+        await scheduler.recover()
+        await scheduler.heartbeat_once()
+        while not host.wakes:
+            await asyncio.sleep(0.005)
+        after = await asyncio.wait_for(scheduler.abort("alice", "not now"), 5)
+        assert after.state is SlotState.aborted
+    finally:
+        host.heal()
+        await scheduler.stop()
+        journal.close()

@@ -1,7 +1,8 @@
 """Backend adapters: the HTTP client, the embedded local calendar and the reference server.
 
 - :class:`HttpBackend` speaks protocol section 1 to a remote calendar backend.
-- :class:`LocalCalendar` keeps a calendar in the journal's database.
+- :class:`LocalCalendar` keeps a calendar in the journal's database;
+  :func:`embedded_backend` serves it to a scheduler in-process.
 - :func:`create_backend_app` serves a :class:`LocalCalendar` over HTTP (the reference
   backend, also what the integration tests run against, with the planned faults of
   :mod:`calsched.backend.faults`).
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
         Receipt,
         StatusOutcome,
     )
+    from calsched.backend.embedded import embedded_backend
     from calsched.backend.http import HttpBackend
     from calsched.backend.server import create_backend_app
 
@@ -34,6 +36,7 @@ __all__ = [
     "Receipt",
     "StatusOutcome",
     "create_backend_app",
+    "embedded_backend",
 ]
 
 _HOMES = {
@@ -44,6 +47,7 @@ _HOMES = {
     "StatusOutcome": "calsched.backend.calendar",
     "HttpBackend": "calsched.backend.http",
     "create_backend_app": "calsched.backend.server",
+    "embedded_backend": "calsched.backend.embedded",
 }
 
 

@@ -212,6 +212,8 @@ class LocalCalendar:
     Synchronous (SQLAlchemy Core); call it from a thread when on an event loop. Every
     method that takes ``now`` uses the calendar's clock when it is omitted. Database
     failures raise :class:`~calsched.errors.JournalError`.
+
+    Example: ``LocalCalendar(journal.engine).add("s-1", "bob", title="Weekly report")``
     """
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:

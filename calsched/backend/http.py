@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import httpx
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.bodies import read_capped
 from calsched.errors import (
     BackendConflictError,
@@ -125,6 +125,8 @@ class HttpBackend:
 
     Raises :class:`~calsched.errors.ConfigError` for a base URL that is not http(s) or an
     API key that cannot be sent in a header.
+
+    Example: ``async with HttpBackend("https://calendar.example", api_key) as backend: ...``
     """
 
     def __init__(

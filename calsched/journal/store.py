@@ -86,6 +86,8 @@ class Journal(OutboxLog, Queries):
     """The event log of one identifier (one host) in a SQL database.
 
     Synchronous and thread-safe per call; the scheduler calls it from one thread.
+
+    Example: ``journal = Journal.open("sqlite:///calsched.db", "my-host", upgrade=True)``
     """
 
     def __init__(self, engine: Engine, identifier: str, *, clock: Clock = utcnow) -> None:

@@ -193,6 +193,18 @@ class Dispatcher:
                 )
                 self.spawn_wake(view, recovering=False)
 
+    async def wake_settled(self, slot_id: str) -> None:
+        """Wait until the wake of ``slot_id`` in flight, if any, has ended and committed.
+
+        A host may hand the wake on (a queue) and its agent call a tool before ``woke``
+        committed: the call waits for it instead of finding the slot still dispatching.
+        """
+        name = f"wake-{slot_id}"
+        pending = [t for t in self._wakes if t.get_name() == name]
+        if pending:
+            # asyncio.wait, not gather: a cancelled tool call must not cancel the wake.
+            await asyncio.wait(pending)
+
     def spawn_wake(self, view: SlotView, *, recovering: bool) -> None:
         """Wake the agent of ``view`` (a dispatching slot) in a task of its own."""
         task = asyncio.create_task(

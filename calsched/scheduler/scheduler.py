@@ -69,12 +69,28 @@ def _no_failpoint(name: str) -> None:
     """The default hook: seams cost one call and do nothing."""
 
 
+async def _drain(tasks: Iterable[asyncio.Task[Any]], deadline: float) -> None:
+    """Wait for ``tasks`` until ``deadline`` (loop time), then cancel the late ones."""
+    pending = {t for t in tasks if not t.done()}
+    if not pending:
+        return
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    _, late = await asyncio.wait(pending, timeout=timeout)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.gather(*late, return_exceptions=True)
+
+
 class Scheduler:
     """Heartbeats the backend, wakes agents for slots, and serves the agents' tools.
 
     Build it with settings, an open :class:`Journal`, a backend and a host, then
-    ``await start()`` (or ``await run()``) inside an event loop, and ``await stop()``.
-    ``tracing`` (:mod:`calsched.tracing`) is off unless given.
+    ``await start()`` (or ``await run()``) inside an event loop, and ``await stop()``;
+    ``tracing`` (:mod:`calsched.tracing`) is off unless given;
+    or let ``async with`` do both (stopped on exit, an exception's included)::
+
+        async with Scheduler(settings, journal, backend, host) as scheduler: ...
     """
 
     def __init__(
@@ -225,23 +241,12 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
-        await self._drain(self._dispatch.wakes, deadline)
+        await _drain(self._dispatch.wakes, deadline)
         if flush:
             with contextlib.suppress(Exception):
                 await self._outbox.flush(deadline)
-        await self._drain(self._outbox.deliveries, deadline)
+        await _drain(self._outbox.deliveries, deadline)
         await self._gateway.close()
-
-    async def _drain(self, tasks: Iterable[asyncio.Task[Any]], deadline: float) -> None:
-        pending = {t for t in tasks if not t.done()}
-        if not pending:
-            return
-        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-        _, late = await asyncio.wait(pending, timeout=timeout)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
 
     async def idle(self) -> None:
         """Wait until no wake is in flight and the outbox has nothing due right now.
@@ -319,7 +324,10 @@ class Scheduler:
     # -- the agents' tools (ports.SlotTools) ---------------------------------------------
 
     async def current_slot(self, agent_id: str) -> SlotView:
-        """The agent's current slot; :class:`NoActiveSlotError` if it has none."""
+        """The agent's current slot; :class:`NoActiveSlotError` if it has none.
+
+        Example: ``(await scheduler.current_slot("bob")).state is SlotState.in_progress``
+        """
         return self._tools.current(agent_id)
 
     async def complete(
@@ -331,7 +339,10 @@ class Scheduler:
         key: ToolKey | None = None,
         actor: Actor = Actor.agent,
     ) -> SlotView:
-        """Complete the agent's current slot."""
+        """Complete the agent's current slot (the one ``slot_id`` names, if given).
+
+        Example: ``await scheduler.complete("bob", "report sent", slot_id="s-18")``
+        """
         return await self._tools.act(
             agent_id, Trigger.complete, slot_id, key, actor, summary=summary
         )

@@ -19,7 +19,7 @@ from calsched.errors import NoActiveSlotError, StaleSlotError
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied
-from calsched.model import Actor, SlotView, Trigger
+from calsched.model import Actor, SlotState, SlotView, Trigger
 from calsched.scheduler.dispatcher import Dispatcher
 from calsched.scheduler.gateway import JournalGateway
 from calsched.scheduler.live import LiveView
@@ -76,9 +76,18 @@ class ToolDesk:
         given: else :class:`StaleSlotError`); the slot after the change.
 
         One span, the child of the caller's (the control API continues its trace); the
-        wake of the agent's next slot, if this ends one, is its child.
+        wake of the agent's next slot, if this ends one, is its child. On a slot still
+        ``dispatching`` (but for an abort) it first waits for the wake in flight to end.
         """
         current = self._live.current(agent_id)
+        if (
+            current is not None
+            and current.state is SlotState.dispatching
+            and trigger is not Trigger.abort  # an abort needs no wake: a hung one must not wait
+        ):
+            # Woken but ``woke`` not yet committed: decide on the slot as the wake left it.
+            await self._dispatch.wake_settled(current.slot_id)
+            current = self._live.current(agent_id)
         name = f"calsched.tool {trigger.value}"
         span = (
             self._tracing.slot_span(name, current, actor)

@@ -69,6 +69,9 @@ async def _run_until_settled(
         CALSCHED_IDENTIFIER="host-a",
         CALSCHED_CONTROL__SECRET_FILE=str(tmp_path / "control.secret"),
         CALSCHED_CONTROL__PORT=str(free_port()),
+        # No host (not the default console): the wake fails and the slot ends, so the
+        # run covers a failed wake and a delivery too.
+        CALSCHED_HOST__ADAPTER="none",
     )
     if key:
         env["CALSCHED_BACKEND_API_KEY"] = key
@@ -80,7 +83,7 @@ async def _run_until_settled(
         stderr=subprocess.PIPE,
     )
     try:
-        # No host is configured: the wake fails, the slot is aborted, the backend hears it.
+        # The wake fails, the slot is aborted, the backend hears it.
         async with asyncio.timeout(30):
             while _status(calendar) != "aborted":
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

@@ -1,4 +1,5 @@
-"""The wheel carries the migrations: an installed calsched upgrades its own database."""
+"""The wheel carries the migrations (an installed calsched upgrades its own database)
+and ``py.typed`` (type checkers read its inline types)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def test_migrations_run_from_an_installed_wheel(tmp_path: Path) -> None:
     versions = sorted(p.name for p in (REPO / "migrations" / "versions").glob("*.py"))
     assert versions
     assert "calsched/_migrations/env.py" in names
+    assert "calsched/py.typed" in names  # PEP 561: type checkers use the inline types
     for version in versions:
         assert f"calsched/_migrations/versions/{version}" in names
 
