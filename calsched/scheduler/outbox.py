@@ -187,7 +187,9 @@ class OutboxWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 started = await self.pass_once()
-                while started or self._deliveries:
+                # A kick: a delivery finished during the pass, which then skipped its row
+                # as stale; that slot's next row is due and only another pass sends it.
+                while started or self._deliveries or self._kick.is_set():
                     if self._deliveries:
                         await asyncio.wait(set(self._deliveries.values()))
                     started = await self.pass_once()
