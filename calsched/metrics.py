@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.model import SlotState
 
 __all__ = ["CONTENT_TYPE", "DELIVERY_OUTCOMES", "Metrics"]

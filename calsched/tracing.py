@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from calsched import __version__
+from calsched._version import __version__
 from calsched.errors import ConfigError
 from calsched.model import Actor, SlotView
 

@@ -44,6 +44,7 @@ PUBLIC = [
     "LeaseLostError",
     "LocalCalendar",
     "NoActiveSlotError",
+    "OutboxRowNotFoundError",
     "QueuePolicy",
     "RejectedSlot",
     "Scheduler",
