@@ -18,7 +18,7 @@ The names are loaded on first use (PEP 562): ``import calsched.errors``, which e
 
 from __future__ import annotations
 
-import importlib
+from calsched._lazy import lazy_getattr
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (about 9 ms)
 
@@ -170,14 +170,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` the first time it is asked for."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

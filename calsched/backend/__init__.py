@@ -13,8 +13,9 @@ The names are loaded on first use: ``calsched run`` against a remote backend imp
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from calsched._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from calsched.backend.calendar import (
@@ -51,11 +52,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` the first time it is asked for."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -45,6 +45,7 @@ __all__ = [
     "open_journal",
     "parse_when",
     "print_json",
+    "schema_revision",
     "short_time",
     "sqlite_path",
 ]
@@ -183,6 +184,22 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+def schema_revision(cfg: Config) -> str | None:
+    """The schema revision of the configured database, read without creating it;
+    ``None`` when it has none yet (no SQLite file, or no schema in it)."""
+    from calsched.journal import migrate
+    from calsched.journal.engine import make_engine
+
+    path = sqlite_path(cfg.database_url)
+    if path is not None and not path.exists():
+        return None
+    engine = make_engine(cfg.database_url, synchronous=cfg.sqlite_synchronous)
+    try:
+        return migrate.current_revision(engine)
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 import typer
 from pydantic import SecretStr
 
-from calsched.commands.common import CliState, JsonOption, print_json, sqlite_path
+from calsched.commands.common import (
+    CliState,
+    JsonOption,
+    print_json,
+    schema_revision,
+    sqlite_path,
+)
 from calsched.config import Config, HostAdapter, setting_names
 from calsched.errors import CalschedError
 
@@ -141,17 +147,12 @@ def _secret_file(cfg: Config) -> Check:
 
 def _database(cfg: Config) -> Check:
     from calsched.journal import migrate
-    from calsched.journal.engine import make_engine
 
     shown = cfg.database_display()
     path = sqlite_path(cfg.database_url)
     if path is not None and not path.exists():
         return Check("database", True, f"{shown} (none yet: run makes it)", shown)
-    engine = make_engine(cfg.database_url, synchronous=cfg.sqlite_synchronous)
-    try:
-        current = migrate.current_revision(engine)
-    finally:
-        engine.dispose()
+    current = schema_revision(cfg)
     head = migrate.head_revision()
     if current == head:
         return Check("database", True, f"{shown}, schema {current} (head)", shown)

@@ -20,6 +20,7 @@ from calsched.commands.common import (
     open_journal,
     parse_when,
     print_json,
+    schema_revision,
     sqlite_path,
 )
 from calsched.commands.listing import (
@@ -346,18 +347,9 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False) -> None:
     Example: calsched db current --json
     """
     from calsched.journal import migrate
-    from calsched.journal.engine import make_engine
 
     cfg = config_of(ctx)
-    path = sqlite_path(cfg.database_url)
-    engine = None
-    current: str | None = None
-    if path is None or path.exists():
-        engine = make_engine(cfg.database_url, synchronous=cfg.sqlite_synchronous)
-        try:
-            current = migrate.current_revision(engine)
-        finally:
-            engine.dispose()
+    current = schema_revision(cfg)
     head = migrate.head_revision()
     database = cfg.database_display()
     if as_json:
