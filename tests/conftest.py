@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -260,3 +261,30 @@ def count_rows(journal: Journal, table: str) -> int:
 def row_count() -> Callable[[Journal, str], int]:
     """``row_count(journal, "events")``: rows in a journal table."""
     return count_rows
+
+
+# -- an isolated CLI configuration --------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def isolate_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> Path:
+    """A CLI test's configuration: none of the runner's ``CALSCHED_*`` (but the PostgreSQL
+    URL), the XDG dirs, the SQLite file ``database`` and the secret file under
+    ``tmp_path``, identifier host-a, and a free control port (not the default: ``token``
+    and the outbox commands ask it whether a daemon runs there). Returns ``tmp_path``."""
+    for name in list(os.environ):
+        if name.startswith("CALSCHED_") and name != PG_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / database}")
+    monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
+    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
+    monkeypatch.setenv("CALSCHED_CONTROL__PORT", str(free_port()))
+    return tmp_path

@@ -31,6 +31,7 @@ from calsched.journal import Journal
 from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import SlotState, SlotView
 from calsched.tokens import admin_token, agent_token, load_or_create_secret
+from tests.conftest import free_port, isolate_cli_env
 
 runner = CliRunner()
 
@@ -72,17 +73,8 @@ COMMANDS: list[tuple[str, ...]] = [
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated configuration: a SQLite file, identifier host-a, dirs in tmp_path."""
-    for name in list(os.environ):
-        if name.startswith("CALSCHED_") and name != "CALSCHED_TEST_PG_URL":
-            monkeypatch.delenv(name)
     monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
-    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
-    # Not the default port: `token` asks it whether a daemon of another secret runs there.
-    monkeypatch.setenv("CALSCHED_CONTROL__PORT", str(free_port()))
+    isolate_cli_env(monkeypatch, tmp_path, "cli.db")
     return tmp_path
 
 
@@ -123,13 +115,6 @@ def filled(journal: Journal, drive: Callable[..., SlotView]) -> Journal:
     drive(journal, "s2", SlotState.in_progress, agent_id="agent-2")
     drive(journal, "s3", SlotState.aborted, agent_id="agent-1")
     return journal
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- help, version, usage ----------------------------------------------------------------

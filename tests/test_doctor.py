@@ -4,7 +4,6 @@ check within 80 columns, every setting with its source, exit 1 when a check fail
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typer.testing import CliRunner, Result
 from calsched.cli import app
 from calsched.journal import Journal, migrate
 from calsched.tokens import load_or_create_secret
+from tests.conftest import isolate_cli_env
 
 runner = CliRunner()
 
@@ -22,24 +22,10 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Nothing made yet: a SQLite path, a secret path, a free port, a command host."""
-    for name in list(os.environ):
-        if name.startswith("CALSCHED_") and name != "CALSCHED_TEST_PG_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'doc.db'}")
-    monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
-    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
-    monkeypatch.setenv("CALSCHED_CONTROL__PORT", str(_free_port()))
+    isolate_cli_env(monkeypatch, tmp_path, "doc.db")
     monkeypatch.setenv("CALSCHED_HOST__ADAPTER", "command")
     monkeypatch.setenv("CALSCHED_HOST__COMMAND", json.dumps([sys.executable, "-c", "pass"]))
     return tmp_path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

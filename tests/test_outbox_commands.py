@@ -17,6 +17,7 @@ from calsched.journal import Journal
 from calsched.journal.dead_letters import DISCARD, RETRY, DeadLetters
 from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import Actor, SlotState, SlotView
+from tests.conftest import isolate_cli_env
 
 runner = CliRunner()
 
@@ -24,14 +25,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated configuration: a SQLite file, identifier host-a, no secret file."""
-    for name in list(os.environ):
-        if name.startswith("CALSCHED_") and name != "CALSCHED_TEST_PG_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
-    monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
+    isolate_cli_env(monkeypatch, tmp_path, "cli.db")
     return tmp_path
 
 
@@ -114,7 +108,8 @@ def test_writes_refused_while_a_live_process_holds_the_lease(journal: Journal) -
         lease.release()
     assert len(lines) == 1
     assert lines[0].startswith("error: identifier 'host-a' is held by host web-1 pid 4242")
-    assert "control API at http://127.0.0.1:8765 does not answer" in lines[0]
+    port = os.environ["CALSCHED_CONTROL__PORT"]  # the free port env() chose
+    assert f"control API at http://127.0.0.1:{port} does not answer" in lines[0]
     assert journal.outbox_counts().dead == 1
 
 

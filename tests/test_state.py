@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from typer.testing import CliRunner, Result
 from calsched.cli import app
 from calsched.journal import Journal, TransitionRequest
 from calsched.model import Trigger
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, isolate_cli_env
 
 runner = CliRunner()
 
@@ -21,13 +20,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated configuration: a SQLite file, identifier host-a."""
-    for name in list(os.environ):
-        if name.startswith("CALSCHED_") and name != "CALSCHED_TEST_PG_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
+    isolate_cli_env(monkeypatch, tmp_path, "cli.db")
     return tmp_path
 
 

@@ -5,9 +5,9 @@
 - ``faults``: the :class:`~calsched.testing.FaultPlan` the reference backend obeys.
 - ``backend_url``: the reference backend serving ``calendar`` under uvicorn on
   127.0.0.1, accepting the key ``api_key``.
-- ``free_port`` and ``child_env``: helpers for tests that start processes (a loopback
-  port nothing listens on; an environment with none of the runner's ``CALSCHED_*`` and
-  HOME and the XDG dirs under a temp dir).
+- ``free_port`` (from tests/conftest.py) and ``child_env``: helpers for tests that start
+  processes (a loopback port nothing listens on; an environment with none of the
+  runner's ``CALSCHED_*`` and HOME and the XDG dirs under a temp dir).
 - ``wake_host``: a webhook agent host on a free loopback port recording every wake
   (:class:`WakeRecorder`), and its wake URL.
 - ``make_client``: :class:`~calsched.backend.http.HttpBackend` clients for that URL
@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from calsched.backend.http import HttpBackend
 from calsched.backend.server import create_backend_app
 from calsched.journal import Journal
 from calsched.testing import FaultPlan, serve_backend
+from tests.conftest import free_port as free_port  # re-exported for the integration tests
 
 API_KEY = "integration-key-5a1c"
 
@@ -98,13 +98,6 @@ async def wake_host() -> AsyncIterator[tuple[WakeRecorder, str]]:
     app = Starlette(routes=[Route("/wake", recorder.wake, methods=["POST"])])
     async with serve_backend(app) as url:
         yield recorder, f"{url}/wake"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(home: Path, **extra: str) -> dict[str, str]:
