@@ -335,6 +335,7 @@ class Endless(httpx.AsyncByteStream):
         self.delay = delay
         self.sent = 0
         self.closed = False
+        self.dripping = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield b'{"slots_to_fire": [], "pad": "'
@@ -342,6 +343,7 @@ class Endless(httpx.AsyncByteStream):
             if self.delay:
                 await asyncio.sleep(self.delay)
             self.sent += len(self.chunk)
+            self.dripping.set()
             yield self.chunk
 
     async def aclose(self) -> None:
@@ -397,9 +399,23 @@ async def test_a_cancelled_dripping_body_is_closed(make_backend: Any) -> None:
     the cancellation through, unclassified, and closes the stream."""
     stream = Endless(chunk=b" ", delay=0.01)
     backend = make_backend(lambda _r: httpx.Response(200, stream=stream))
+
+    async def deadline_once_dripping(deadline: asyncio.Timeout) -> None:
+        # The deadline falls only once the body is being read: a fixed 0.2 s could pass
+        # before the first chunk on a loaded machine, and the test would prove nothing.
+        await stream.dripping.wait()
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+    async def beat_until_cut() -> None:
+        async with asyncio.timeout(30) as deadline:
+            cutter = asyncio.create_task(deadline_once_dripping(deadline))
+            try:
+                await backend.heartbeat(beat())
+            finally:
+                await cutter
+
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.2):
-            await backend.heartbeat(beat())
+        await beat_until_cut()
     assert stream.sent > 0
     assert stream.closed
 

@@ -279,6 +279,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.proc = self._boot()
         self._settle()
 
+    def _catch_up(self) -> None:
+        """Wait for the writes queued so far to commit, then let the loop apply them."""
+        self.sched._gateway.writer.submit(lambda _conn: None).result(timeout=30)
+        for _ in range(3):  # the posted result, then the future's done-callbacks
+            self.proc.run(asyncio.sleep(0))
+
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
@@ -297,8 +303,16 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def live_equals_replay(self) -> None:
         """The live view equals the journal's active slots, and the projection the fold."""
-        live = {(v.slot_id, v.state, v.attempt) for v in self.sched.active()}
-        stored = {(v.slot_id, v.state, v.attempt) for v in self.sched.journal.load_active()}
+        for _ in range(20):
+            stored = {(v.slot_id, v.state, v.attempt) for v in self.sched.journal.load_active()}
+            live = {(v.slot_id, v.state, v.attempt) for v in self.sched.active()}
+            if live == stored:
+                break
+            # A write the writer thread committed after the loop stopped (a wake held past
+            # the settle) is in the journal but not yet applied to the live view: that
+            # happens on the loop. Let the writer finish, then the loop apply it, and look
+            # again; a real divergence stays.
+            self._catch_up()
         assert live == stored
         assert self.sched.journal.verify() == []
 
