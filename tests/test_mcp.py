@@ -2,7 +2,7 @@
 
 An in-process SDK client talks to :func:`build_server`; its :class:`ControlClient` reaches
 the real control app (over :class:`httpx.ASGITransport`) in front of the fake tools of
-``test_control``, so every answer is the protocol's own.
+``tests/control``, so every answer is the protocol's own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from calsched.control import create_control_app
 from calsched.mcp import ControlClient, build_server, claimed_agent, env_trace
 from calsched.model import SlotState
 from calsched.tokens import admin_token, agent_token
-from tests.test_control import ALICE, BOB, SECRET, FakeTools, _view
+from tests.control.fakes import ALICE, BOB, SECRET, FakeTools, _view
 
 TOOLS = {
     "calendar_status",

@@ -156,8 +156,8 @@ async def test_a_failing_outbox_read_is_held_too(
     with caplog.at_level(logging.INFO, logger="calsched.scheduler"):
         with pytest.raises(JournalError):
             await sched._outbox.pass_once()
-        sched._outbox.journal_failed(JournalError("journal read failed: disk I/O error"))
-    assert sched._outbox.held
+        sched._outbox.hold.failed(JournalError("journal read failed: disk I/O error"))
+    assert sched._outbox.hold.held
     assert await sched._outbox.pass_once() == 0  # held: nothing read, nothing started
     assert len(held_lines(caplog)) == 1
 

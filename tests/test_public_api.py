@@ -128,7 +128,7 @@ async def test_async_with_runs_and_stops_on_a_normal_exit(db_url: str) -> None:
             while not host.accepted:
                 await scheduler.idle()
             await scheduler.complete("bob", "done")
-        assert scheduler._stopped.is_set()
+        assert scheduler._runner.stopped.is_set()
         assert scheduler._gateway.writer._closed
         assert [u.status for u in backend.updates_for("s1")][-1] is SlotState.completed
     finally:
@@ -151,7 +151,7 @@ async def test_async_with_stops_when_the_block_raises(db_url: str) -> None:
     try:
         with pytest.raises(RuntimeError, match="boom"):
             await fail_inside()
-        assert made[0]._stopped.is_set()
+        assert made[0]._runner.stopped.is_set()
         assert made[0]._gateway.writer._closed
         with pytest.raises(calsched.NoActiveSlotError):
             await made[0].current_slot("bob")

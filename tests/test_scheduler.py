@@ -613,7 +613,7 @@ async def test_async_with_starts_and_stops(db: str, backend: InMemoryBackend) ->
     try:
         with pytest.raises(RuntimeError, match="boom"):
             await work_then_fail()
-        assert made[0]._stopped.is_set()
+        assert made[0]._runner.stopped.is_set()
         assert made[0]._gateway.writer._closed
         view = journal.get("s1")
         assert view is not None

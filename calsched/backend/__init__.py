@@ -18,15 +18,10 @@ from typing import TYPE_CHECKING
 from calsched._lazy import lazy_getattr
 
 if TYPE_CHECKING:
-    from calsched.backend.calendar import (
-        CalendarSlot,
-        CalendarStatus,
-        LocalCalendar,
-        Receipt,
-        StatusOutcome,
-    )
+    from calsched.backend.calendar import CalendarSlot, CalendarStatus, LocalCalendar
     from calsched.backend.embedded import embedded_backend
     from calsched.backend.http import HttpBackend
+    from calsched.backend.receipts import Receipt, StatusOutcome
     from calsched.backend.server import create_backend_app
 
 __all__ = [
@@ -44,8 +39,8 @@ _HOMES = {
     "CalendarSlot": "calsched.backend.calendar",
     "CalendarStatus": "calsched.backend.calendar",
     "LocalCalendar": "calsched.backend.calendar",
-    "Receipt": "calsched.backend.calendar",
-    "StatusOutcome": "calsched.backend.calendar",
+    "Receipt": "calsched.backend.receipts",
+    "StatusOutcome": "calsched.backend.receipts",
     "HttpBackend": "calsched.backend.http",
     "create_backend_app": "calsched.backend.server",
     "embedded_backend": "calsched.backend.embedded",

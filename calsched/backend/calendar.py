@@ -16,7 +16,8 @@ How a slot moves through the calendar (its own statuses, not the scheduler's)::
   arrives for it, so a host that crashed before journaling it gets it again.
 - ``in_progress``/``paused`` slots are not listed; a terminal status stops the slot.
 - Status updates are idempotent by key: a replayed key gets the same answer and records
-  no second receipt. A key reused for a *different* update is refused.
+  no second receipt (:mod:`calsched.backend.receipts`). A key reused for a *different*
+  update is refused.
 - If the calendar holds a terminal status, an update to another status is a conflict
   (:class:`~calsched.errors.BackendConflictError` carrying the held status), unless its
   attempt is higher than the one held: that is a re-attempt and is accepted. An update
@@ -42,12 +43,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, insert, or_, select
 from sqlalchemy import update as update_rows
 
+from calsched.backend.receipts import (
+    KEY_MAX,
+    Receipt,
+    StatusOutcome,
+    find_receipt_in,
+    insert_receipt_in,
+    receipts_in,
+)
 from calsched.errors import BackendConflictError, InvalidInputError, SlotNotFoundError
 from calsched.journal.engine import reading, writing
-from calsched.journal.schema import calendar_receipts, calendar_slots
+from calsched.journal.schema import calendar_slots
 from calsched.model import (
     Slot,
-    SlotState,
     SlotUpdate,
     WakeOptions,
     format_time,
@@ -60,8 +68,6 @@ __all__ = [
     "CalendarSlot",
     "CalendarStatus",
     "LocalCalendar",
-    "Receipt",
-    "StatusOutcome",
 ]
 
 Clock = Callable[[], datetime]
@@ -70,7 +76,6 @@ Clock = Callable[[], datetime]
 #: below the client's size cap however many slots fall due at once; the rest follow on
 #: the next beats.
 DEFAULT_BEAT_LIMIT = 256
-_KEY_MAX = 128  # calendar_receipts.idempotency_key is String(128)
 
 
 class CalendarStatus(enum.StrEnum):
@@ -137,45 +142,6 @@ class CalendarSlot:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """One accepted status update (a row of ``calendar_receipts``)."""
-
-    idempotency_key: str
-    slot_id: str
-    identifier: str
-    status: SlotState
-    attempt: int
-    body: Mapping[str, Any]
-    received_at: datetime
-
-    def to_wire(self) -> dict[str, Any]:
-        """JSON-ready dict; also the reference backend's answer to the status post."""
-        return {
-            "idempotency_key": self.idempotency_key,
-            "slot_id": self.slot_id,
-            "identifier": self.identifier,
-            "status": self.status.value,
-            "attempt": self.attempt,
-            "body": dict(self.body),
-            "received_at": format_time(self.received_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StatusOutcome:
-    """What :meth:`LocalCalendar.record_status` did.
-
-    ``replayed`` is true when the key had been seen: nothing was written, and ``receipt``
-    is the one recorded the first time. ``applied`` is false for a stale attempt's update
-    that was acknowledged without changing the slot.
-    """
-
-    receipt: Receipt
-    replayed: bool
-    applied: bool
-
-
 def _slot_from(row: RowMapping) -> CalendarSlot:
     return CalendarSlot(
         id=row["id"],
@@ -191,18 +157,6 @@ def _slot_from(row: RowMapping) -> CalendarSlot:
         reason=row["reason"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-    )
-
-
-def _receipt_from(row: RowMapping) -> Receipt:
-    return Receipt(
-        idempotency_key=row["idempotency_key"],
-        slot_id=row["slot_id"],
-        identifier=row["identifier"],
-        status=SlotState(row["status"]),
-        attempt=row["attempt"],
-        body=dict(row["body"] or {}),
-        received_at=row["received_at"],
     )
 
 
@@ -380,25 +334,16 @@ class LocalCalendar:
         terminal status, and :class:`~calsched.errors.InvalidInputError` for a bad key or a
         key already used for a different update.
         """
-        if not idempotency_key or len(idempotency_key) > _KEY_MAX:
-            raise InvalidInputError("Idempotency-Key", f"must be 1 to {_KEY_MAX} characters")
+        if not idempotency_key or len(idempotency_key) > KEY_MAX:
+            raise InvalidInputError("Idempotency-Key", f"must be 1 to {KEY_MAX} characters")
         at = now or self._clock()
         with self._write() as conn:
             # Lock the slot first: concurrent posts for one slot (and replays of one key)
             # then run one after the other, and the receipt check below sees the winner.
             held = self._get_in(conn, slot_id, lock=True)
-            previous = (
-                conn.execute(
-                    select(calendar_receipts).where(
-                        calendar_receipts.c.idempotency_key == idempotency_key
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            previous = find_receipt_in(conn, idempotency_key)
             if previous is not None:
-                receipt = _receipt_from(previous)
-                if (receipt.slot_id, receipt.status, receipt.attempt) != (
+                if (previous.slot_id, previous.status, previous.attempt) != (
                     slot_id,
                     update.status,
                     update.attempt,
@@ -406,7 +351,7 @@ class LocalCalendar:
                     raise InvalidInputError(
                         "Idempotency-Key", "was already used for a different status update"
                     )
-                return StatusOutcome(receipt=receipt, replayed=True, applied=True)
+                return StatusOutcome(receipt=previous, replayed=True, applied=True)
             applied = self._decide(held, update)
             if applied:
                 conn.execute(
@@ -421,27 +366,7 @@ class LocalCalendar:
                         updated_at=at,
                     )
                 )
-            body = update.to_wire()
-            conn.execute(
-                insert(calendar_receipts).values(
-                    idempotency_key=idempotency_key,
-                    slot_id=slot_id,
-                    identifier=update.identifier,
-                    status=update.status.value,
-                    attempt=update.attempt,
-                    body=body,
-                    received_at=at,
-                )
-            )
-            receipt = Receipt(
-                idempotency_key=idempotency_key,
-                slot_id=slot_id,
-                identifier=update.identifier,
-                status=update.status,
-                attempt=update.attempt,
-                body=body,
-                received_at=at,
-            )
+            receipt = insert_receipt_in(conn, idempotency_key, slot_id, update, at)
             return StatusOutcome(receipt=receipt, replayed=False, applied=applied)
 
     @staticmethod
@@ -461,13 +386,8 @@ class LocalCalendar:
 
     def receipts(self, slot_id: str | None = None) -> builtins.list[Receipt]:
         """Accepted status updates, oldest first; only ``slot_id``'s when given."""
-        query = select(calendar_receipts).order_by(
-            calendar_receipts.c.received_at, calendar_receipts.c.idempotency_key
-        )
-        if slot_id is not None:
-            query = query.where(calendar_receipts.c.slot_id == slot_id)
         with self._read() as conn:
-            return [_receipt_from(row) for row in conn.execute(query).mappings()]
+            return receipts_in(conn, slot_id)
 
     # -- helpers inside one transaction -------------------------------------------------
 

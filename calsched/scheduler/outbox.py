@@ -6,9 +6,9 @@ own retry schedule: a failed try sets ``next_try_at`` from the row's ``tries``
 up to the same cap), so the backoff survives a restart and no second schedule runs in memory.
 Any failure, expected or not, is a failed try. A row that cannot even be marked means the
 journal itself is failing: then no delivery starts until a backoff of its own has passed
-(:meth:`OutboxWorker.journal_failed`), so a journal that is down costs one post and one
-log line per backoff step, not one per poll. A 409 reconciles the slot to the backend's
-status through the journal gateway, like every other change of the live view.
+(:class:`~calsched.scheduler.journal_hold.JournalHold`), so a journal that is down costs
+one post and one log line per backoff step, not one per poll. A 409 reconciles the slot to
+the backend's status through the journal gateway, like every other change of the live view.
 
 Once marked, each outcome is logged: ``outbox delivered`` (info; one summary line for a
 burst), ``outbox dead letter`` (error) and ``outbox reconciled`` (warning).
@@ -31,7 +31,6 @@ from calsched.errors import (
     BackendRejectedError,
     BackendUnavailableError,
     JournalError,
-    JournalUnavailableError,
 )
 from calsched.journal import Journal, OutboxRow
 from calsched.journal.store import OutboxCounts
@@ -41,6 +40,7 @@ from calsched.ports import Backend
 from calsched.scheduler.backoff import equal_jitter, exponential
 from calsched.scheduler.coalesce import Coalescer, Outcome
 from calsched.scheduler.gateway import JournalGateway
+from calsched.scheduler.journal_hold import JournalHold
 from calsched.scheduler.loglines import LogLines
 from calsched.settings import SchedulerSettings
 from calsched.tracing import NO_TRACE, NO_TRACING, AttributeValue, Tracing
@@ -104,9 +104,8 @@ class OutboxWorker:
         #: Slot -> the last row whose delivery finished during the current outbox read.
         self._finished: dict[str, int] = {}
         self._counts_at = float("-inf")
-        #: While the journal fails: how many marks failed in a row, and until when to wait.
-        self._journal_failures = 0
-        self._held_until: datetime | None = None
+        #: Holds every delivery while the journal fails.
+        self.hold = JournalHold(settings, gateway.writer.availability, clock=clock)
         #: Deliveries ending together have their rows marked in one write.
         self.marker: Coalescer[int, None] = gateway.coalescer(self._mark_delivered)
         self._said_delivered = LogLines(log, "outbox delivered", "outbox rows delivered")
@@ -132,19 +131,14 @@ class OutboxWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reading the outbox failed: hold, say so once a step
-                self.journal_failed(exc)
+                self.hold.failed(exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.outbox_poll_s):
                     await self._kick.wait()
 
-    @property
-    def held(self) -> bool:
-        """Whether deliveries wait for a failing journal's backoff to pass."""
-        return self._held_until is not None and self._clock() < self._held_until
-
     async def pass_once(self) -> int:
         """Start a delivery for each slot's due head row; return how many started."""
-        if self.held:
+        if self.hold.held:
             return 0
         async with self._pass_lock:
             # Cleared before reading, so a commit during the pass kicks the next one.
@@ -215,7 +209,7 @@ class OutboxWorker:
         except asyncio.CancelledError:
             raise
         except JournalError as exc:  # the row could not be marked (after the post, maybe)
-            self.journal_failed(exc)
+            self.hold.failed(exc)
             return False
         except Exception as exc:
             wait = self.retry_wait(row.tries, None)
@@ -229,46 +223,10 @@ class OutboxWorker:
                 await self._reschedule(row, wait, f"unexpected {type(exc).__name__}")
                 self.metrics.outbox_deliveries.labels("retried").inc()
             except Exception as failed:  # the journal itself may be what failed
-                self.journal_failed(failed)
+                self.hold.failed(failed)
                 return False
-        self._journal_recovered()
+        self.hold.recovered()
         return True
-
-    def journal_failed(self, exc: BaseException) -> None:
-        """The journal failed (a row could not be marked, the outbox not read): hold
-        every delivery for a backoff step.
-
-        The row stays due, so it is posted again after the step (its idempotency key lets
-        the backend drop the repeat); the wait doubles while the journal keeps failing.
-        """
-        if self.held:
-            return  # another delivery of this pass already held the outbox and said so
-        self._journal_failures += 1
-        s = self.settings
-        wait = equal_jitter(
-            exponential(
-                self._journal_failures - 1, s.outbox_backoff_initial_s, s.outbox_backoff_max_s
-            )
-        )
-        self._held_until = self._clock() + timedelta(seconds=wait)
-        said = self._gateway.writer.availability.cause is not None
-        if isinstance(exc, JournalUnavailableError) and said:
-            # The journal writer said what is wrong once for the whole episode; here the
-            # backoff alone is news.
-            log.debug("%s; outbox deliveries held, next try in %.1fs", exc, wait)
-            return
-        what = (
-            f"journal unavailable: {exc}"
-            if isinstance(exc, JournalError)
-            else f"outbox failed unexpectedly: {type(exc).__name__}: {exc}"
-        )
-        log.error("%s; outbox deliveries held, next try in %.1fs", what, wait)
-
-    def _journal_recovered(self) -> None:
-        if self._journal_failures:
-            log.warning("journal available again: outbox deliveries resume")
-        self._journal_failures = 0
-        self._held_until = None
 
     def retry_wait(self, tries: int, hint: float | None) -> float:
         """Seconds until the next try: exponential from the row's tries with equal jitter,

@@ -5,7 +5,8 @@ It is the seed's ``Scheduler`` made durable. Every decision becomes a
 to the journal (group commit on a writer thread, so the event loop never blocks on a
 commit), and effects (wakes, backend calls) only happen after the commit returned. The
 :class:`Heartbeat` takes slots in, the :class:`Dispatcher` wakes agents, the
-:class:`OutboxWorker` tells the backend.
+:class:`OutboxWorker` tells the backend; :class:`Recovery` reloads the live slots at start,
+the :class:`Runner` starts and stops the loops, the :class:`StatusBoard` builds the status.
 
 The live view (:class:`LiveView`, indexed by agent) holds the non-terminal slots. It
 changes only in :meth:`Scheduler._absorb`, which the gateway calls with every committed
@@ -20,14 +21,10 @@ process there.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 from calsched.errors import ConfigError
 from calsched.journal import Journal
@@ -35,7 +32,7 @@ from calsched.journal.dead_letters import DeadLetters
 from calsched.journal.idempotency import IdempotencyStore, Remembered, ToolKey
 from calsched.journal.store import Applied, notifies_backend
 from calsched.metrics import Metrics
-from calsched.model import Actor, SlotState, SlotView, Trigger, utcnow
+from calsched.model import Actor, SlotView, Trigger, utcnow
 from calsched.ports import Backend, Host
 from calsched.scheduler.dead_letter_desk import DeadLetterDesk
 from calsched.scheduler.dispatcher import Dispatcher
@@ -44,21 +41,16 @@ from calsched.scheduler.heartbeat import Heartbeat
 from calsched.scheduler.live import LiveView
 from calsched.scheduler.outbox import OutboxWorker
 from calsched.scheduler.readiness import ReadinessProbe
+from calsched.scheduler.recovery import Recovery
+from calsched.scheduler.runner import Runner
+from calsched.scheduler.status_board import StatusBoard
 from calsched.scheduler.tools import ToolDesk
 from calsched.settings import SchedulerSettings
-from calsched.status import (
-    HistoryEntry,
-    LeaseStatus,
-    OutboxSummary,
-    Readiness,
-    SchedulerStatus,
-    SlotEntry,
-)
+from calsched.status import LeaseStatus, Readiness, SchedulerStatus
 from calsched.tracing import NO_TRACING, Tracing
 
 __all__ = ["FAILPOINTS", "Scheduler"]
 
-log = logging.getLogger("calsched.scheduler")
 Clock = Callable[[], datetime]
 
 #: The named seams where a crash harness may stop the process (``failpoint=`` hook).
@@ -67,19 +59,6 @@ FAILPOINTS = ("after_commit", "after_wake", "after_outbox_send", "during_recover
 
 def _no_failpoint(name: str) -> None:
     """The default hook: seams cost one call and do nothing."""
-
-
-async def _drain(tasks: Iterable[asyncio.Task[Any]], deadline: float) -> None:
-    """Wait for ``tasks`` until ``deadline`` (loop time), then cancel the late ones."""
-    pending = {t for t in tasks if not t.done()}
-    if not pending:
-        return
-    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-    _, late = await asyncio.wait(pending, timeout=timeout)
-    for task in late:
-        task.cancel()
-    if late:
-        await asyncio.gather(*late, return_exceptions=True)
 
 
 class Scheduler:
@@ -112,14 +91,10 @@ class Scheduler:
                 f"journal's {journal.identifier!r}"
             )
         self.settings = settings
-        #: The lease this scheduler runs under, for status (the daemon's LeaseKeeper).
-        self._lease_status = lease_status
-        self._failpoint = failpoint
         self.journal = journal
         self.backend = backend
         self.host = host
         self.metrics = metrics or Metrics()
-        self._clock = clock
         self._live = LiveView()
         self.metrics.count_active(self._live.by_state)
         self._gateway = JournalGateway(
@@ -170,11 +145,20 @@ class Scheduler:
         )
         #: Set when a heartbeat answers ``restart_pending: true``.
         self.restart_requested = self._heartbeat.restart_requested
-        # maxlen=0 keeps nothing: a cap of 0 turns the in-memory history off.
-        self._history: deque[HistoryEntry] = deque(maxlen=settings.history_cap)
-        self._loops: list[asyncio.Task[None]] = []
-        self._stopped = asyncio.Event()
-        self._started = False
+        self._board = StatusBoard(settings, self._heartbeat, self._live, self._outbox, lease_status)
+        self._recovery = Recovery(
+            settings,
+            journal,
+            self._gateway,
+            self._live,
+            self._board,
+            self._dispatch,
+            self._outbox,
+            failpoint=failpoint,
+        )
+        self._runner = Runner(
+            settings, self._gateway, self._heartbeat, self._dispatch, self._outbox
+        )
 
     # -- the live view ------------------------------------------------------------------
 
@@ -189,7 +173,7 @@ class Scheduler:
                 outbox = True
         for kind, count in kinds.items():  # one labels() lookup per kind, not per event
             self.metrics.transitions.labels(kind).inc(count)
-        self._history.extend(HistoryEntry.from_view(v) for v in self._live.absorb(applied))
+        self._board.record(self._live.absorb(applied))
         if outbox:
             self._outbox.kick()
 
@@ -197,14 +181,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Recover from the journal, then start the heartbeat loop and the outbox worker."""
-        if self._started:
-            return
-        self._started = True
-        await self.recover()
-        self._loops = [
-            asyncio.create_task(self._heartbeat.run(), name="calsched-heartbeat"),
-            asyncio.create_task(self._outbox.run(), name="calsched-outbox"),
-        ]
+        await self._runner.start(self.recover)
 
     async def __aenter__(self) -> Scheduler:
         """``async with Scheduler(...) as s``: started on entry."""
@@ -219,9 +196,9 @@ class Scheduler:
         """Start, then wait until :meth:`stop` is called (or the task is cancelled)."""
         await self.start()
         try:
-            await self._stopped.wait()
+            await self._runner.stopped.wait()
         finally:
-            if not self._stopped.is_set():
+            if not self._runner.stopped.is_set():
                 await self.stop()
 
     async def stop(self, *, flush: bool = True) -> None:
@@ -232,41 +209,14 @@ class Scheduler:
         Without ``flush`` (stepping down after losing the lease) nothing more is sent to
         the backend: the new holder delivers the outbox.
         """
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._dispatch.stopped = True
-        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops = []
-        await _drain(self._dispatch.wakes, deadline)
-        if flush:
-            with contextlib.suppress(Exception):
-                await self._outbox.flush(deadline)
-        await _drain(self._outbox.deliveries, deadline)
-        await self._gateway.close()
+        await self._runner.stop(flush=flush)
 
     async def idle(self) -> None:
         """Wait until no wake is in flight and the outbox has nothing due right now.
 
         For tests and embedding hosts that drive :meth:`heartbeat_once` themselves.
         """
-        # asyncio.wait, not gather: cancelling idle() must not cancel the wakes themselves.
-        while True:
-            if self._dispatch.wakes:
-                await asyncio.wait(self._dispatch.wakes)
-                continue
-            started = await self._outbox.pass_once()
-            if self._outbox.deliveries:
-                await asyncio.wait(self._outbox.deliveries)
-                continue
-            if started:
-                continue  # they finished already: their slots' next rows may be due
-            if not self._dispatch.wakes:
-                await self._outbox.refresh_counts()
-                return
+        await self._runner.idle()
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -276,35 +226,7 @@ class Scheduler:
         ``in_progress`` and ``paused`` slots are restored silently; undelivered outbox rows
         are picked up by the outbox worker. Only live slots are read, never the history.
         """
-        views = await self._gateway.read(self.journal.load_active)
-        cap = self.settings.history_cap
-        recent = await self._gateway.read(self.journal.history, limit=cap) if cap else []
-        self._live.load(views)
-        self._history.clear()
-        self._history.extend(HistoryEntry.from_view(v) for v in reversed(recent) if v.terminal)
-        self._failpoint("during_recovery")
-        states = Counter(v.state for v in views)
-        for view in views:
-            if view.state is SlotState.dispatching:
-                self._dispatch.spawn_wake(view, recovering=True)
-        pending = sorted({v.agent_id for v in views if v.state is SlotState.pending})
-        await self._dispatch.pump_many(pending, actor=Actor.recovery)
-        await self._outbox.refresh_counts()
-        self._outbox.kick()
-        # After the re-dispatch committed: what the journal held, and what became of it.
-        log.info(
-            "recovered live slots",
-            extra={
-                "live": len(views),
-                "redispatched": states[SlotState.dispatching],
-                "pending": states[SlotState.pending],
-                "agents_pumped": len(pending),
-                "in_progress": states[SlotState.in_progress],
-                "paused": states[SlotState.paused],
-                "outbox_pending": self._outbox.counts.pending,
-                "outbox_dead": self._outbox.counts.dead,
-            },
-        )
+        await self._recovery.recover()
 
     async def heartbeat_once(self) -> bool:
         """Send one heartbeat and take in its slots; whether the backend answered.
@@ -399,20 +321,7 @@ class Scheduler:
 
     def status(self) -> SchedulerStatus:
         """The scheduler status in the protocol's shape (section 2)."""
-        counts = self._outbox.counts
-        return SchedulerStatus(
-            identifier=self.settings.identifier,
-            last_heartbeat=self._heartbeat.last_sent,
-            heartbeat_every_s=self.settings.heartbeat_interval_s,
-            backend=self._heartbeat.health,
-            active=[SlotEntry.from_view(v) for v in self._live.sorted()],
-            history=list(self._history)[::-1],
-            outbox=OutboxSummary(
-                pending=counts.pending, dead=counts.dead, dead_slots=list(counts.dead_slots)
-            ),
-            restart_pending=self._heartbeat.restart_pending,
-            lease=self._lease_status() if self._lease_status is not None else None,
-        )
+        return self._board.status()
 
     async def readiness(self) -> Readiness:
         """The readiness checks (``GET /readyz``): the journal, the lease, the backend."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calsched.backend.calendar import Receipt
+from calsched.backend.receipts import Receipt
 from calsched.journal.transitions import notifies_backend
 from calsched.model import TERMINAL_STATES, SlotState, Trigger
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from calsched.backend.calendar import Receipt
+from calsched.backend.receipts import Receipt
 from calsched.journal import Journal, TransitionRequest
 from calsched.model import Actor, SlotState, SlotView, Trigger
 from tests.reliability.audit import Findings, audit, integrity, rows

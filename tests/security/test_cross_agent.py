@@ -1,6 +1,6 @@
 """Cross-agent attempts against a real scheduler: an agent's token never acts for another.
 
-tests/test_control.py holds the fixed auth matrix over fake tools; here hypothesis draws
+tests/control/test_auth.py holds the fixed auth matrix over fake tools; here hypothesis draws
 (token, target agent, route, body) against a real :class:`Scheduler` over a real journal
 (SQLite and PostgreSQL), and every attempt must be refused (401 for a forged token, 403
 for another agent's) with no journal row written and no slot changed.

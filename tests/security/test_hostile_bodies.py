@@ -3,7 +3,7 @@
 Oversized bodies (declared with ``Content-Length`` and sent chunked without one),
 malformed JSON, NUL bytes raw and escaped, deeply nested JSON, wrong types and invalid
 Unicode, on every POST route of a live agent, over SQLite and PostgreSQL: each answer is
-4xx and the journal's row counts are unchanged. tests/test_control.py covers the size
+4xx and the journal's row counts are unchanged. tests/control/test_body.py covers the size
 rules over fake tools; this proves the real journal never sees such a body.
 """
 
