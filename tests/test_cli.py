@@ -57,6 +57,7 @@ COMMANDS: list[tuple[str, ...]] = [
     ("journal", "rebuild"),
     ("db",),
     ("db", "upgrade"),
+    ("journal", "prune"),
     ("db", "current"),
     ("backend",),
     ("backend", "serve"),

@@ -224,7 +224,7 @@ class Statements:
             # again, before the chain's checkpoints. New seqs follow those too.
             newest = select(func.max(events.c.seq)).scalar_subquery()
             cut = select(func.max(chain_checkpoints.c.through_seq)).scalar_subquery()
-            zero = literal_column("0")
+            zero = literal_column("0", type_=Integer())
             self.reserve_seqs = _compile(
                 select(func.max(func.coalesce(newest, zero), func.coalesce(cut, zero))), dialect
             )
