@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Column, Engine, Table
 
 from calsched.journal import Journal
+from calsched.journal.chain import GENESIS, link, read_head
 from calsched.journal.schema import events, outbox, slots
 from calsched.model import Slot
 
@@ -80,6 +81,8 @@ class _Writer:
         self.start = start
         self.step = step
         self.dialect = dialect.name
+        #: The chain hash the next fabricated event chains from.
+        self.head = GENESIS
         self._time = _processor(events.c.recorded_at, engine)
         self._json = _processor(events.c.payload, engine)
         # One wire dict built by pydantic, then copied per slot: to_wire() per slot would
@@ -112,14 +115,23 @@ class _Writer:
         ]
         if done:
             steps.append(("complete", "agent", "in_progress", "completed", self._empty, SUMMARY))
-        times = [self.at(seq + i) for i in range(len(steps))]
+        moments = [self.start + self.step * (seq + i) for i in range(len(steps))]
+        times = [self._time(m) for m in moments]
         for offset, (kind, actor, state_from, state_to, payload, summary) in enumerate(steps):
             at = times[offset]
             event_id = str(uuid.uuid4())
+            content = {
+                "seq": seq, "event_id": event_id, "identifier": ident, "slot_id": slot_id,
+                "attempt": 1, "agent_id": agent_id, "kind": kind, "actor": actor,
+                "state_from": state_from, "state_to": state_to, "summary": summary,
+                "reason": None, "payload": {"slot": wire} if kind == "receive" else {},
+                "recorded_at": moments[offset],
+            }  # fmt: skip
+            self.head = link(self.head, content)
             chunk.events.append(
                 (
                     seq, event_id, ident, slot_id, 1, agent_id, kind, actor,
-                    state_from, state_to, summary, None, payload, at,
+                    state_from, state_to, summary, None, payload, at, self.head,
                 )
             )  # fmt: skip
             if state_to in ("in_progress", "completed"):
@@ -240,6 +252,8 @@ def _fill(
         # seq is explicit so the outbox and the projection can point at it without a
         # RETURNING per row; the times run up to ``end``, one step per event.
         writer = _Writer(engine, identifier, end - step * (base + total), step)
+        with engine.connect() as conn:  # fabricating into a journal that has events
+            writer.head = read_head(conn, identifier)
         sqlite = writer.dialect == "sqlite"
         if sqlite:
             # Random event ids make the unique index's inserts scattered: a big page cache

@@ -6,7 +6,8 @@ journal's engine (SQLAlchemy's ``before_cursor_execute``) while the journal fire
 transition, and keeps each statement's text and its parameters as the driver got them.
 :class:`Replay` runs those statements on a plain DB-API connection, one transaction per
 transition, with the values that must differ per transition swapped for fresh ones: the
-slot (and its agent) it touches, a new event id, and the ``seq`` the event insert returned.
+slot (and its agent) it touches, a new event id, and the ``seq`` the seq reservation gave
+(the event's chain hash covers its seq, so the journal takes it before the insert).
 When the journal's SQL changes, the comparison follows it.
 """
 
@@ -35,7 +36,9 @@ class _Statement:
     sql: str
     params: Any  # a tuple (qmark, sqlite3) or a dict (pyformat, psycopg)
     swaps: tuple[tuple[Any, str], ...]  # (position or key, token)
-    returns_seq: bool
+    #: A seq reservation: the new seq is its first value plus this (SQLite's reads the
+    #: highest seq so far: 1; PostgreSQL's ``nextval`` gives it: 0); ``None`` otherwise.
+    reserves_seq: int | None
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,12 @@ def capture(journal: Journal, request: TransitionRequest) -> Captured:
     for sql, params in seen:
         swaps = _swaps(params, tokens)
         head = sql.lstrip().upper()
-        statements.append(
-            _Statement(
-                sql=sql,
-                params=params,
-                swaps=swaps,
-                returns_seq=head.startswith("INSERT INTO EVENTS"),
-            )
-        )
+        reserves = None
+        if "NEXTVAL" in head:
+            reserves = 0
+        elif head.startswith("SELECT MAX(COALESCE((SELECT MAX(EVENTS.SEQ)"):
+            reserves = 1
+        statements.append(_Statement(sql=sql, params=params, swaps=swaps, reserves_seq=reserves))
     swapped = {token for s in statements for _, token in s.swaps}
     assert swapped >= {SLOT, EVENT_ID, SEQ}, f"cannot follow the transition: {swapped}"
     return Captured(trigger=request.trigger.value, statements=tuple(statements))
@@ -127,10 +128,8 @@ class Replay:
                 cur.execute(statement.sql, params)
                 if cur.description is not None:
                     rows = cur.fetchall()
-                    if statement.returns_seq:
-                        values[SEQ] = rows[0][0]
-                elif statement.returns_seq:
-                    values[SEQ] = cur.lastrowid
+                    if statement.reserves_seq is not None:
+                        values[SEQ] = int(rows[0][0] or 0) + statement.reserves_seq
             self.connection.commit()
         except BaseException:
             self.connection.rollback()

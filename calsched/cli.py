@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from calsched._version import __version__
-from calsched.commands import calendar, control, doctor, journal, mcp, outbox
+from calsched.commands import calendar, control, doctor, journal, mcp, outbox, prune
 from calsched.commands.common import EXIT_ERROR, EXIT_USAGE, CliState, config_of, fail
 from calsched.daemon import EXIT_RESTART, run_daemon
 from calsched.errors import CalschedError
@@ -136,7 +136,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 slots_app = typer.Typer(help="The embedded local calendar (used when no backend_url is set).")
-journal_app = typer.Typer(help="Check or rebuild the journal's slots projection.")
+journal_app = typer.Typer(help="Check the journal (projection, hash chain), rebuild, prune.")
 db_app = typer.Typer(help="The database schema (Alembic migrations).")
 backend_app = typer.Typer(help="The reference calendar backend.")
 for _sub, _name in (
@@ -286,6 +286,7 @@ app.command()(journal.history)
 app.command()(journal.events)
 journal_app.command("verify")(journal.journal_verify)
 journal_app.command("rebuild")(journal.journal_rebuild)
+journal_app.command("prune")(prune.journal_prune)
 db_app.command("upgrade")(journal.db_upgrade)
 db_app.command("current")(journal.db_current)
 app.command()(control.token)

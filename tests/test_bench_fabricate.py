@@ -29,6 +29,7 @@ _VARYING = {
     "started_at",
     "updated_at",
     "resolved_at",
+    "chain",  # over the ids and times
 }
 
 
@@ -65,6 +66,7 @@ def test_fabricated_journal_verifies_and_restores_the_active_slots(
     fabricate(db_url, "host-a", active=5, history_events=40, agents=3)
     journal = open_journal("host-a")
     assert journal.verify() == []
+    assert journal.verify_chain().broken is None
     active = journal.load_active()
     assert len(active) == 5
     assert {v.state for v in active} == {SlotState.in_progress}
@@ -94,6 +96,7 @@ def test_fabricated_rows_equal_the_rows_of_a_lived_journal(
     ):
         assert _rows(made, table, order) == _rows(lived, table, order), table.name
     assert made.verify() == []
+    assert made.verify_chain().broken is None
     assert [v.slot for v in made.load_active()] == [v.slot for v in lived.load_active()]
 
 
@@ -108,6 +111,8 @@ def test_fabricating_twice_appends_and_the_journal_writes_on(
     event = journal.apply(TransitionRequest("one-a0", Trigger.pause, Actor.agent))
     assert event.seq == 2 * total_events(active=2, history_events=8) + 1
     assert journal.verify() == []
+    report = journal.verify_chain()
+    assert (report.broken, report.events) == (None, 2 * 14 + 1)
 
 
 def test_history_events_must_be_whole_slots(sqlite_url: str) -> None:

@@ -57,6 +57,7 @@ COMMANDS: list[tuple[str, ...]] = [
     ("journal", "rebuild"),
     ("db",),
     ("db", "upgrade"),
+    ("journal", "prune"),
     ("db", "current"),
     ("backend",),
     ("backend", "serve"),
@@ -498,12 +499,15 @@ def test_events(filled: Journal) -> None:
 def test_journal_verify_and_rebuild(filled: Journal) -> None:
     """verify passes, fails listing a tampered row (exit 1), and passes after rebuild."""
     assert "ok:" in cli("journal", "verify").stdout
-    assert json.loads(cli("journal", "verify", "--json").stdout) == {
+    report = json.loads(cli("journal", "verify", "--json").stdout)
+    assert report == {
         "ok": True,
         "slots": 3,
         "events": 9,
         "mismatches": [],
+        "chain": {"ok": True, "head": report["chain"]["head"], "checkpoints": 0, "break": None},
     }
+    assert report["chain"]["head"] == filled.verify_chain().head
     assert "(checked 3 slot(s) and 9 event(s) of 'host-a')" in cli("journal", "verify").stdout
     with filled.engine.begin() as conn:
         conn.execute(text("UPDATE slots SET state = 'paused' WHERE slot_id = 's1'"))
@@ -516,6 +520,42 @@ def test_journal_verify_and_rebuild(filled: Journal) -> None:
     assert report["mismatches"][0]["field"] == "state"
     assert "rebuilt the projection of 3 slot(s)" in cli("journal", "rebuild").stdout
     assert "ok:" in cli("journal", "verify").stdout
+
+
+def test_journal_verify_names_a_tampered_event(filled: Journal) -> None:
+    """An event row edited by SQL: the chain breaks there, named with its seq, exit 1;
+    --json says the same."""
+    tampered = filled.events()[3]
+    seq, event_id = tampered.seq, tampered.event_id
+    with filled.engine.begin() as conn:
+        conn.execute(text("UPDATE events SET summary = 'forged' WHERE seq = :s"), {"s": seq})
+    failed = cli("journal", "verify", code=1)
+    assert f"chain broken: host-a: event seq {seq} ({event_id}, slot s1)" in failed.stdout
+    assert "hash does not match its content" in failed.stdout
+    assert error_line(failed).startswith(
+        f"error: the hash chain of 'host-a' breaks at event seq {seq}"
+    )
+    report = json.loads(cli("journal", "verify", "--json", code=1).stdout)
+    assert report["ok"] is False
+    assert report["mismatches"]  # the forged summary is folded: the projection differs
+    assert report["chain"]["break"] == {
+        "seq": seq,
+        "event_id": event_id,
+        "slot_id": report["chain"]["break"]["slot_id"],
+        "what": "hash does not match its content",
+    }
+
+
+def test_journal_verify_checks_an_anchor(filled: Journal) -> None:
+    """--anchor: the head printed earlier passes; another hash fails; a malformed one is
+    refused before anything is read."""
+    head = filled.verify_chain().head
+    assert f"head {head}" in cli("journal", "verify").stdout
+    assert "ok:" in cli("journal", "verify", "--anchor", head.upper()).stdout
+    failed = cli("journal", "verify", "--anchor", "a" * 64, code=1)
+    assert "chain broken: host-a: the chain's head is not the anchor" in failed.stdout
+    assert "breaks at its head" in error_line(failed)
+    assert "64 hexadecimal digits" in cli("journal", "verify", "--anchor", "xyz", code=1).stderr
 
 
 def test_journal_verify_reports_a_missing_row(filled: Journal) -> None:

@@ -30,6 +30,7 @@ OUR_TABLES = {
     "leases",
     "idempotency_keys",
     "operator_actions",
+    "chain_checkpoints",
     "calendar_slots",
     "calendar_receipts",
 }
@@ -158,23 +159,43 @@ def test_upgrade_downgrade_upgrade_with_rows(engine: Engine, db_url: str, drive:
 def test_upgrade_from_the_first_release_keeps_rows(
     engine: Engine, db_url: str, drive: Drive
 ) -> None:
-    """A journal written at 0001 upgrades to head with its rows, and goes back down."""
-    migrate.upgrade(engine, "0001")
+    """A journal taken down to 0001 with its rows upgrades to head with them, each event
+    chained again exactly as the code chained it (0008), and goes back down."""
+    migrate.upgrade(engine)
     drive(Journal(engine, "host-a"), "s1", SlotState.completed)
+    drive(Journal(engine, "host-b"), "s2", SlotState.paused)
+    drive(Journal(engine, "host-a"), "s3", SlotState.aborted, agent_id="agent-3")
+    chained = _chains(engine)
+    assert len(chained) == 10
+    assert all(len(c) == 64 for _, _, c in chained)
+    migrate.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        assert "chain" not in {c["name"] for c in inspect(conn).get_columns("events")}
+        assert "chain_checkpoints" not in inspect(conn).get_table_names()
     migrate.upgrade(engine)
     with engine.connect() as conn:
         assert _schema_differences(conn) == []
         assert "ix_slots_recent" in {i["name"] for i in inspect(conn).get_indexes("slots")}
+    assert _chains(engine) == chained
     journal = Journal.open(db_url, "host-a")
     try:
-        assert [v.slot_id for v in journal.history(limit=1)] == ["s1"]
+        assert [v.slot_id for v in journal.history(limit=1)] == ["s3"]
         assert journal.verify() == []
+        assert journal.verify_chain().broken is None
+        drive(journal, "s4", SlotState.completed)  # appends chain from the migrated head
+        assert journal.verify_chain().broken is None
     finally:
         journal.close()
     migrate.downgrade(engine, "0001")
     with engine.connect() as conn:
         assert "ix_slots_recent" not in {i["name"] for i in inspect(conn).get_indexes("slots")}
     assert migrate.current_revision(engine) == "0001"
+
+
+def _chains(engine: Engine) -> list[tuple[int, str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT seq, identifier, chain FROM events ORDER BY seq"))
+        return [(int(seq), ident, chain) for seq, ident, chain in rows]
 
 
 def _count(conn: Connection, table: str) -> int:

@@ -229,26 +229,44 @@ def events(
         typer.echo("no events" + (f" for slot {slot!r}" if slot else "") + hint, err=True)
 
 
-def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Prove the slots projection equals the fold of the events; exit 1 listing mismatches.
+AnchorOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="HASH",
+        help="A head hash kept from an earlier verify: the chain must still contain it.",
+    ),
+]
 
-    Example: calsched journal verify
+
+def journal_verify(
+    ctx: typer.Context, as_json: JsonOption = False, anchor: AnchorOption = None
+) -> None:
+    """Prove the slots projection equals the fold of the events, and that the events'
+    hash chain holds; exit 1 listing mismatches or naming the first broken event.
+
+    Example: calsched journal verify --anchor 7a45ab1f...
     """
     cfg = config_of(ctx)
     from calsched.journal.identifiers import journal_size
 
+    if anchor is not None and not _is_hash(anchor):
+        fail("--anchor: a chain hash is 64 hexadecimal digits (`journal verify` prints one)")
     with (
         open_journal(cfg) as journal,
-        progress_bar("verifying events", journal.count_events, quiet=as_json) as advance,
+        progress_bar(
+            "verifying events", lambda: 2 * journal.count_events(), quiet=as_json
+        ) as advance,
     ):
         mismatches = journal.verify(advance)
+        chain = journal.verify_chain(anchor=anchor.lower() if anchor else None, progress=advance)
         slot_count, event_count = journal_size(journal.engine, cfg.identifier)
         hint = "" if slot_count else _others_hint(journal)
+    broken = chain.broken
     checked = f"checked {slot_count} slot(s) and {event_count} event(s) of {cfg.identifier!r}"
     if as_json:
         print_json(
             {
-                "ok": not mismatches,
+                "ok": not mismatches and broken is None,
                 "slots": slot_count,
                 "events": event_count,
                 "mismatches": [
@@ -261,25 +279,56 @@ def journal_verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
                     }
                     for m in mismatches
                 ],
+                "chain": {
+                    "ok": broken is None,
+                    "head": chain.head,
+                    "checkpoints": chain.checkpoints,
+                    "break": None
+                    if broken is None
+                    else {
+                        "seq": broken.seq,
+                        "event_id": broken.event_id,
+                        "slot_id": broken.slot_id,
+                        "what": broken.what,
+                    },
+                },
             }
         )
-    elif mismatches:
+    else:
         for mismatch in mismatches[:DEFAULT_LIMIT]:
             typer.echo(f"mismatch: {mismatch}")
-        note_shown(
-            min(len(mismatches), DEFAULT_LIMIT),
-            len(mismatches),
-            "mismatches",
-            which="the first ",
-            hint="`--json` lists them all",
+        if mismatches:
+            note_shown(
+                min(len(mismatches), DEFAULT_LIMIT),
+                len(mismatches),
+                "mismatches",
+                which="the first ",
+                hint="`--json` lists them all",
+            )
+        if broken is not None:
+            typer.echo(f"chain broken: {broken}")
+        if not mismatches and broken is None:
+            typer.echo(
+                f"ok: the slots projection matches the events ({checked}); "
+                f"the hash chain holds, head {chain.head}{hint}"
+            )
+    if broken is not None:
+        # The events themselves were changed: a rebuild would fold the changed ones.
+        where = f"at event seq {broken.seq}" if broken.seq is not None else "at its head"
+        also = f" (and {len(mismatches)} projection mismatch(es))" if mismatches else ""
+        fail(
+            f"the hash chain of {cfg.identifier!r} breaks {where}{also}: the events were "
+            "changed outside calsched (compare with an export or a backup)"
         )
-    else:
-        typer.echo(f"ok: the slots projection matches the events ({checked}){hint}")
     if mismatches:
         fail(
             f"{len(mismatches)} mismatch(es) between the projection and the events; "
             "`calsched journal rebuild` recomputes the projection"
         )
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _others_hint(journal: Journal) -> str:

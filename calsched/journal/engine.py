@@ -31,6 +31,7 @@ from calsched.errors import AgentBusyError, ConfigError, JournalError, JournalUn
 __all__ = [
     "WRITE",
     "Synchronous",
+    "after_commit",
     "classify",
     "create_private_file",
     "describe_error",
@@ -312,6 +313,20 @@ def describe_error(exc: SQLAlchemyError) -> str:
 _CURRENT_AGENT = ("uq_slots_current_agent", "slots.identifier, slots.agent_id")
 
 
+_AFTER_COMMIT = "calsched.after_commit"
+
+
+def after_commit(conn: Connection, hook: Callable[[], None]) -> bool:
+    """Run ``hook`` once the write transaction ``conn`` is in has committed (never if it
+    rolls back or its commit fails). ``False`` when ``conn``'s transaction was not opened
+    by :func:`writing`: then nobody will say, and the caller must not count on it."""
+    hooks = conn.info.get(_AFTER_COMMIT)
+    if hooks is None:
+        return False
+    hooks.append(hook)
+    return True
+
+
 @contextmanager
 def writing(
     engine: Engine, what: str, *, check: Callable[[Connection], None] | None = None
@@ -329,10 +344,18 @@ def writing(
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})
-            with conn.begin():
-                if check is not None:
-                    check(conn)
-                yield conn
+            hooks: list[Callable[[], None]] = []
+            conn.info[_AFTER_COMMIT] = hooks
+            try:
+                with conn.begin():
+                    if check is not None:
+                        check(conn)
+                    yield conn
+            finally:
+                # The pooled connection's info outlives this checkout: leave nothing behind.
+                conn.info.pop(_AFTER_COMMIT, None)
+            for hook in hooks:  # only once the commit returned: the rows are durable
+                hook()
     except IntegrityError as exc:
         said = describe_error(exc)
         if any(name in said for name in _CURRENT_AGENT):

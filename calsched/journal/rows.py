@@ -67,7 +67,7 @@ class OutboxCounts:
 
 
 def event_values(event: Event) -> dict[str, Any]:
-    """The ``events`` row of ``event`` (without ``seq``, which the database assigns)."""
+    """The ``events`` row of ``event``, without ``seq`` and ``chain`` (the append adds both)."""
     return {
         "event_id": event.event_id,
         "identifier": event.identifier,

@@ -12,7 +12,11 @@ Tables:
   ``Idempotency-Key``, written in the transaction of the change it answers
   (:mod:`calsched.journal.idempotency`).
 - ``operator_actions``: what an operator did outside the slots' own triggers (an outbox
-  row retried or discarded), by whom and why (:mod:`calsched.journal.dead_letters`).
+  row retried or discarded, a prune), by whom and why (:mod:`calsched.journal.dead_letters`,
+  :mod:`calsched.journal.retention`).
+- ``chain_checkpoints``: where a prune cut the hash chain of ``events``: per run of removed
+  events, the chain hash of its last event, so the kept ones still verify
+  (:mod:`calsched.journal.chain`, ``docs/integrity.md``).
 - ``calendar_slots``/``calendar_receipts``: the embedded local calendar that the reference
   backend serves, kept in the same database so a quickstart needs one file.
 
@@ -52,6 +56,7 @@ __all__ = [
     "UTCDateTime",
     "calendar_receipts",
     "calendar_slots",
+    "chain_checkpoints",
     "events",
     "idempotency_keys",
     "leases",
@@ -124,10 +129,16 @@ events = Table(
     Column("reason", Text, nullable=True),
     Column("payload", JSON, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
+    #: SHA-256 (hex) over the identifier's previous chain hash and this row's canonical
+    #: content (:mod:`calsched.journal.chain`); nullable in SQL only for the migration.
+    Column("chain", String(64), nullable=True),
     CheckConstraint(f"state_to IN ({_STATES})", name="state_to"),
     CheckConstraint("attempt >= 1", name="attempt"),
     Index("ix_events_slot", "identifier", "slot_id", "seq"),
     Index("ix_events_recorded_at", "recorded_at"),
+    # The identifier's newest event (the chain's head) in one probe, however many events
+    # other identifiers wrote since.
+    Index("ix_events_identifier", "identifier", "seq"),
 )
 
 slots = Table(
@@ -226,7 +237,7 @@ operator_actions = Table(
     metadata,
     Column("id", SeqType, primary_key=True, autoincrement=True),
     Column("identifier", String(MAX_ID_CHARS), nullable=False),
-    #: ``outbox_retry`` or ``outbox_discard``.
+    #: ``outbox_retry``, ``outbox_discard`` or ``journal_prune``.
     Column("action", String(32), nullable=False),
     Column("actor", String(16), nullable=False),
     Column("outbox_id", BigInteger, nullable=True),
@@ -234,6 +245,24 @@ operator_actions = Table(
     Column("reason", Text, nullable=True),
     Column("recorded_at", UTCDateTime, nullable=False),
     Index("ix_operator_actions_identifier", "identifier", "id"),
+)
+
+chain_checkpoints = Table(
+    "chain_checkpoints",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("identifier", String(MAX_ID_CHARS), nullable=False),
+    #: The run of removed events: the first and the last one's seq.
+    Column("from_seq", BigInteger, nullable=False),
+    Column("through_seq", BigInteger, nullable=False),
+    #: The chain hash of the event ``through_seq``: the next kept event chains from it.
+    Column("chain", String(64), nullable=False),
+    Column("events_removed", Integer, nullable=False),
+    Column("pruned_at", UTCDateTime, nullable=False),
+    #: The export the removed events went to (its name and SHA-256), if any.
+    Column("export_file", Text, nullable=True),
+    Column("export_sha256", String(64), nullable=True),
+    Index("ix_chain_checkpoints_identifier", "identifier", "through_seq"),
 )
 
 calendar_slots = Table(

@@ -36,7 +36,7 @@ from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
 from calsched.journal.engine import driver_execute, driver_executemany
 from calsched.journal.replay import Change
-from calsched.journal.schema import events, outbox, slots
+from calsched.journal.schema import chain_checkpoints, events, outbox, slots
 
 __all__ = [
     "HEAD_COLUMNS",
@@ -47,7 +47,6 @@ __all__ = [
     "execute",
     "execute_many",
     "fetch_all",
-    "insert_returning_id",
     "padded",
 ]
 
@@ -172,7 +171,7 @@ class Statements:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        #: SQLite hands out the new ``seq`` as ``lastrowid``; elsewhere ``RETURNING`` does.
+        #: SQLite: new seqs follow ``max(seq)``; elsewhere the column's own sequence gives them.
         self.lastrowid = dialect.name == "sqlite"
         key: tuple[BindParameter[str], BindParameter[str]] = (
             bindparam("identifier"),
@@ -213,20 +212,22 @@ class Statements:
             )
             for n in IN_SIZES
         }
-        event_insert = insert(events)
-        if not self.lastrowid:
-            event_insert = event_insert.returning(events.c.seq)
-        self.insert_event = _compile(
-            event_insert, dialect, _EVENT_COLUMNS, returns=not self.lastrowid
-        )
-        #: Many events at once, with the seqs :attr:`reserve_seqs` handed out.
+        #: Events with the seqs :attr:`reserve_seqs` handed out: each event's chain hash
+        #: covers its seq, so the seq is known before the insert, even for one event.
         self.insert_events = _compile(insert(events), dialect, ("seq", *_EVENT_COLUMNS))
         #: ``n`` new seqs for one transaction's events. SQLite: the highest so far (new
         #: ones follow it; the writer's ``BEGIN IMMEDIATE`` holds the only write lock, and
         #: without AUTOINCREMENT SQLite would pick exactly these). Elsewhere: the column's
         #: own sequence, so identifiers sharing the database never collide.
         if self.lastrowid:
-            self.reserve_seqs = _compile(select(func.max(events.c.seq)), dialect)
+            # A prune may have removed the newest rows: SQLite would hand their seqs out
+            # again, before the chain's checkpoints. New seqs follow those too.
+            newest = select(func.max(events.c.seq)).scalar_subquery()
+            cut = select(func.max(chain_checkpoints.c.through_seq)).scalar_subquery()
+            zero = literal_column("0", type_=Integer())
+            self.reserve_seqs = _compile(
+                select(func.max(func.coalesce(newest, zero), func.coalesce(cut, zero))), dialect
+            )
         else:
             # The table's own constant names, inlined: no value of a caller's goes here.
             serial = func.pg_get_serial_sequence(
@@ -284,19 +285,6 @@ def execute_many(conn: Connection, stmt: Compiled, rows: Sequence[Mapping[str, A
         execute(conn, stmt, rows[0])
     elif rows:
         driver_executemany(conn, stmt.sql, [stmt.params(values) for values in rows]).close()
-
-
-def insert_returning_id(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> int:
-    """Execute an insert and return the new row's id (``lastrowid`` or ``RETURNING``)."""
-    cursor = _run(conn, stmt, values)
-    try:
-        if stmt.returns:
-            row = cursor.fetchone()
-            assert row is not None, "an insert with RETURNING returns its row"
-            return int(row[0])
-        return int(cursor.lastrowid)
-    finally:
-        cursor.close()
 
 
 def fetch_all(conn: Connection, stmt: Compiled, values: Mapping[str, Any]) -> list[Any]:

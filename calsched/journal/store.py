@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from calsched.journal import migrate
+from calsched.journal.chain import ChainHead, ChainReport, verify_chain
 from calsched.journal.engine import Synchronous, make_engine, reading, writing
 from calsched.journal.lease import Fence
 from calsched.journal.outbox import OutboxLog
@@ -94,7 +95,9 @@ class Journal(OutboxLog, Queries):
         self.engine = engine
         self.identifier = identifier
         self._clock = clock
-        self._transitions = Transitions(identifier, clock, lambda: self._sql)
+        #: The chain's newest hash, kept for the write path (:mod:`calsched.journal.chain`).
+        self.chain_head = ChainHead(identifier)
+        self._transitions = Transitions(identifier, clock, lambda: self._sql, self.chain_head)
         self._fence: Fence | None = None
 
     @classmethod
@@ -142,6 +145,8 @@ class Journal(OutboxLog, Queries):
         """Fence every later write with ``fence`` (a held lease's epoch check); ``None``
         turns fencing off. A journal opened without a lease is not fenced."""
         self._fence = fence
+        # Whoever held the identifier meanwhile may have appended: read the head again.
+        self.chain_head.forget()
 
     @property
     def fenced(self) -> Fence | None:
@@ -320,6 +325,14 @@ class Journal(OutboxLog, Queries):
             stale = drifted(conn.execute(slot_rows.execution_options(yield_per=2000)), folded)
             del folded  # the typed re-read below needs only the few stale slots
             return self._mismatches(conn, sorted(stale))
+
+    def verify_chain(
+        self, *, anchor: str | None = None, progress: Progress | None = None
+    ) -> ChainReport:
+        """Walk this identifier's hash chain; the first break, if any, and its head
+        (:func:`calsched.journal.chain.verify_chain`)."""
+        with self._read() as conn:
+            return verify_chain(conn, self.identifier, anchor=anchor, progress=progress)
 
     def _mismatches(self, conn: Connection, slot_ids: Sequence[str]) -> list[Mismatch]:
         stored: dict[tuple[str, str], SlotView] = {}

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from calsched.errors import AgentBusyError, InvalidTransitionError, SlotNotFoundError
 from calsched.journal import statements
+from calsched.journal.chain import ChainHead, link
 from calsched.journal.replay import Change, change, project
 from calsched.journal.rows import (
     change_values,
@@ -106,11 +107,16 @@ class Transitions:
     """The write path of one identifier's transitions, on statements compiled once."""
 
     def __init__(
-        self, identifier: str, clock: Callable[[], datetime], sql: Callable[[], Statements]
+        self,
+        identifier: str,
+        clock: Callable[[], datetime],
+        sql: Callable[[], Statements],
+        head: ChainHead,
     ) -> None:
         self.identifier = identifier
         self._clock = clock
         self._statements = sql
+        self._head_chain = head
 
     @property
     def _sql(self) -> Statements:
@@ -231,16 +237,12 @@ class Transitions:
         return Applied(appended, after)
 
     def _append(self, conn: Connection, drafts: Sequence[dict[str, Any]]) -> list[Event]:
-        """Insert the drafts' events in order; return them as appended (with their seq)."""
-        st = self._sql
-        if len(drafts) == 1:  # one event: the database's own default, no reservation
-            (draft,) = drafts
-            seq = statements.insert_returning_id(
-                conn, st.insert_event, event_values(Event(**draft))
-            )
-            return [Event(**draft, seq=seq)]
+        """Insert the drafts' events in order, each chained to the one before it
+        (:mod:`calsched.journal.chain`); return them as appended (with their seq)."""
         if not drafts:
             return []
+        st = self._sql
+        # The seqs come first, even for one event: each event's hash covers its seq.
         if st.lastrowid:
             ((highest,),) = statements.fetch_all(conn, st.reserve_seqs, {})
             first = int(highest or 0) + 1
@@ -250,10 +252,18 @@ class Transitions:
             # A sequence hands out increasing values: sorted, they follow the drafts'
             # order, so seq order is decision order.
             seqs = sorted(int(seq) for (seq,) in rows)
-        events = [Event(**draft, seq=seq) for draft, seq in zip(drafts, seqs, strict=True)]
-        statements.execute_many(
-            conn, st.insert_events, [{**event_values(e), "seq": e.seq} for e in events]
-        )
+        head = self._head_chain.previous(conn)
+        events: list[Event] = []
+        values: list[dict[str, Any]] = []
+        for draft, seq in zip(drafts, seqs, strict=True):
+            event = Event(**draft, seq=seq)
+            row = event_values(event)
+            row["seq"] = seq
+            head = row["chain"] = link(head, row)
+            events.append(event)
+            values.append(row)
+        statements.execute_many(conn, st.insert_events, values)
+        self._head_chain.advanced(conn, head)
         return events
 
     def load_head(self, conn: Connection, slot_id: str) -> _Head | None:
