@@ -68,7 +68,7 @@ TABLE: dict[tuple[SlotState | None, Trigger, SlotState | None], SlotState] = {
 }
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=40,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

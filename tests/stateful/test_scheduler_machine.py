@@ -371,7 +371,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 SchedulerMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=25,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -387,7 +387,7 @@ class PostgresSchedulerMachine(SchedulerMachine):
 
 
 PostgresSchedulerMachine.TestCase.settings = settings(
-    SchedulerMachine.TestCase.settings, max_examples=20
+    SchedulerMachine.TestCase.settings, max_examples=12
 )
 
 
