@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -32,6 +32,9 @@ from sqlalchemy.pool import NullPool
 from calsched.journal import Journal, TransitionRequest
 from calsched.journal.schema import events, metadata, outbox, slots
 from calsched.model import Actor, Slot, SlotState, SlotView, Trigger, parse
+
+if TYPE_CHECKING:
+    from typer.testing import Result
 
 PG_ENV = "CALSCHED_TEST_PG_URL"
 PG_SKIP_REASON = f"{PG_ENV} not set: PostgreSQL tests skipped"
@@ -288,3 +291,15 @@ def isolate_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: s
     monkeypatch.setenv("CALSCHED_CONTROL__SECRET_FILE", str(tmp_path / "control.secret"))
     monkeypatch.setenv("CALSCHED_CONTROL__PORT", str(free_port()))
     return tmp_path
+
+
+def cli(*args: str, code: int = 0) -> Result:
+    """Run ``calsched *args`` in-process (typer's runner) and check its exit status."""
+    from typer.testing import CliRunner
+
+    from calsched.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    return result

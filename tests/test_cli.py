@@ -31,7 +31,7 @@ from calsched.journal import Journal
 from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import SlotState, SlotView
 from calsched.tokens import admin_token, agent_token, load_or_create_secret
-from tests.conftest import free_port, isolate_cli_env
+from tests.conftest import cli, free_port, isolate_cli_env
 
 runner = CliRunner()
 
@@ -77,14 +77,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("COLUMNS", raising=False)
     isolate_cli_env(monkeypatch, tmp_path, "cli.db")
     return tmp_path
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``calsched *args`` in-process and check its exit status."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    return result
 
 
 def error_line(result: Result) -> str:

@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from calsched.backend.calendar import LocalCalendar
-from calsched.cli import app
 from calsched.commands.listing import TABLE_BLOCK, Format, emit, field_cell
 from calsched.journal import Journal
 from calsched.model import SlotState, Trigger
-from tests.conftest import PATHS, request_for
+from tests.conftest import PATHS, cli, request_for
 
 runner = CliRunner()
 
@@ -45,14 +44,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("CALSCHED_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("CALSCHED_IDENTIFIER", "host-a")
     return tmp_path
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``calsched *args`` in-process and check its exit status."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture

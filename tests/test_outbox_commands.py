@@ -10,14 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from calsched.cli import app
 from calsched.journal import Journal
 from calsched.journal.dead_letters import DISCARD, RETRY, DeadLetters
 from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import Actor, SlotState, SlotView
-from tests.conftest import isolate_cli_env
+from tests.conftest import cli, isolate_cli_env
 
 runner = CliRunner()
 
@@ -38,13 +37,6 @@ def journal(env: Path, drive: Callable[..., SlotView]) -> Iterator[Journal]:
     opened.mark_dead(opened.outbox_rows(slot_id="a")[0].id, "HTTP 422: unknown slot")
     yield opened
     opened.close()
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    return result
 
 
 def dead_id(journal: Journal) -> int:

@@ -9,13 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from calsched.cli import app
 from calsched.journal import Journal
 from calsched.journal.lease import Lease, death_lock_for
 from calsched.model import SlotState, SlotView
-from tests.conftest import isolate_cli_env, table_snapshot
+from tests.conftest import cli, isolate_cli_env, table_snapshot
 
 runner = CliRunner()
 
@@ -24,14 +23,6 @@ runner = CliRunner()
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated configuration: a SQLite file, identifier host-a, dirs in tmp_path."""
     return isolate_cli_env(monkeypatch, tmp_path, "cli.db")
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``calsched *args`` in-process and check its exit status."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture

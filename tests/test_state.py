@@ -7,12 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from calsched.cli import app
 from calsched.journal import Journal, TransitionRequest
 from calsched.model import Trigger
-from tests.conftest import FakeClock, isolate_cli_env
+from tests.conftest import FakeClock, cli, isolate_cli_env
 
 runner = CliRunner()
 
@@ -48,14 +47,6 @@ def history(env: Path, request_factory: Callable[..., TransitionRequest]) -> Fak
     finally:
         journal.close()
     return clock
-
-
-def cli(*args: str, code: int = 0) -> Result:
-    """Run ``calsched *args`` in-process and check its exit status."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.output
-    return result
 
 
 def test_json_shows_each_live_slot_with_its_state_attempt_and_since(history: FakeClock) -> None:
