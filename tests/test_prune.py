@@ -49,6 +49,7 @@ def test_prune_exports_then_deletes_and_verify_passes(filled: Journal, env: Path
     assert summary["kept_not_ended"] == 1
     assert summary["export"]["path"] == str(export)
     assert summary["export"]["bytes"] == export.stat().st_size
+    assert export.stat().st_mode & 0o777 == 0o600  # the journal's content: its owner's alone
     assert summary["checkpoints"] == 2
     with gzip.open(export, "rt") as lines:
         assert {json.loads(line)["slot_id"] for line in lines} == {"s1", "s3"}

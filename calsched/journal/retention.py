@@ -212,7 +212,11 @@ class Retention:
         if export is None:
             return self._walk(chosen, None, progress), None, None
         partial = export.with_name(export.name + ".partial")
-        with partial.open("xb") as raw:
+        # The export holds the journal's content: readable by its owner alone, like the
+        # journal itself (the umask can only take bits away, so the mode is set exactly).
+        fd = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as raw:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
                 learnt = self._walk(chosen, packed.write, progress)
             raw.flush()
