@@ -29,6 +29,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from calsched._durable import fsync_dir
 from calsched.errors import ConfigError, InvalidInputError
 from calsched.model import MAX_ID_CHARS
 
@@ -172,7 +173,7 @@ def load_or_create_secret(path: Path) -> bytes:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)  # a crash cannot forget the secret we handed out
     return _read_secret(path)
 
 
@@ -191,17 +192,3 @@ def _read_secret(path: Path) -> bytes:
             "delete it to have a new one made (every token changes)"
         )
     return data
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the new directory entry durable, so a crash cannot forget the secret we handed out.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - filesystems that refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)

@@ -21,7 +21,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "calsched"
 
 #: Bottom to top. An entry covers the module and, except the root package, its submodules.
 LAYERS: list[tuple[str, ...]] = [
-    ("calsched._lazy", "calsched._version", "calsched.errors", "calsched.model", "calsched.status"),
+    (
+        "calsched._durable",
+        "calsched._lazy",
+        "calsched._version",
+        "calsched.errors",
+        "calsched.model",
+        "calsched.status",
+    ),
     ("calsched.lifecycle",),
     ("calsched.journal",),
     (

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select
 
+from calsched._durable import fsync_dir
 from calsched.journal.chain import content_of
 from calsched.journal.engine import reading, writing
 from calsched.journal.schema import chain_checkpoints, events, operator_actions, outbox, slots
@@ -222,7 +223,7 @@ class Retention:
             raw.flush()
             os.fsync(raw.fileno())  # on disk before a single row is deleted
         os.replace(partial, export)
-        _fsync_dir(export.parent)
+        fsync_dir(export.parent)  # the rename too, before a row is deleted
         digest = hashlib.sha256()
         with export.open("rb") as done:
             while block := done.read(1 << 20):
@@ -315,15 +316,3 @@ def _reason(plan: PrunePlan, removed: int, name: str | None, digest: str | None)
         f"pruned {len(plan.slots)} slot(s) ended before {format_time(plan.before)}: "
         f"{removed} event(s), {copy}"
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself must survive a crash: the directory entry is the directory's data.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - a platform without directory handles
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
